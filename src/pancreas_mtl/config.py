@@ -1,0 +1,60 @@
+"""Validation of the workflow configuration against its JSON schema, with one line per problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from pancreas_mtl.errors import UserInputError
+
+
+def _with_defaults(validator_class):
+    """A validator that fills in each missing property's ``default`` before checking it."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    default = subschema["default"]
+                    instance[name] = dict(default) if isinstance(default, dict) else default
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_DefaultFillingValidator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def load_schema(schema_path: str | Path) -> dict:
+    return yaml.safe_load(Path(schema_path).read_text())
+
+
+def _location(error: jsonschema.ValidationError) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    return path or "(top level)"
+
+
+def config_problems(config: dict[str, Any], schema: dict) -> list[str]:
+    """Fill defaults into ``config`` in place and return one readable line per schema violation."""
+    validator = _DefaultFillingValidator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    problems = []
+    for error in errors:
+        if error.validator == "additionalProperties":
+            allowed = sorted(error.schema.get("properties", {}))
+            problems.append(f"{_location(error)}: {error.message}; allowed keys: {', '.join(allowed)}")
+        else:
+            problems.append(f"{_location(error)}: {error.message}")
+    return problems
+
+
+def check_config(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
+    """Validate (and default-fill) the workflow config; raise a readable error listing every problem."""
+    problems = config_problems(config, load_schema(schema_path))
+    if problems:
+        raise UserInputError(f"invalid configuration (checked against {schema_path})", problems)
+    return config

@@ -1,0 +1,1 @@
+"""How the workflow reaches nnU-Net: its folders, environment variables and command-line tools."""

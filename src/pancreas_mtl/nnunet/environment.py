@@ -1,0 +1,74 @@
+"""nnU-Net's folders and environment variables, and running its command-line tools with logging."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Folder that holds our trainers; nnU-Net 2.8 searches the folders in nnUNet_extTrainer after its own.
+TRAINER_DIR = Path(__file__).resolve().parents[1] / "model"
+
+
+@dataclass(frozen=True)
+class NnunetFolders:
+    raw: Path
+    preprocessed: Path
+    results: Path
+
+    @classmethod
+    def under(cls, root: str | Path) -> "NnunetFolders":
+        root = Path(root)
+        return cls(root / "raw", root / "preprocessed", root / "trained")
+
+    def environment(self, **extra: str) -> dict[str, str]:
+        """A copy of os.environ with nnU-Net's folder variables set (absolute) and ``extra`` added."""
+        env = dict(os.environ)
+        env["nnUNet_raw"] = str(self.raw.resolve())
+        env["nnUNet_preprocessed"] = str(self.preprocessed.resolve())
+        env["nnUNet_results"] = str(self.results.resolve())
+        env["nnUNet_extTrainer"] = os.pathsep.join(
+            p for p in (str(TRAINER_DIR), os.environ.get("nnUNet_extTrainer", "")) if p
+        )
+        # W&B never blocks on the network unless a user asks for online mode explicitly.
+        env.setdefault("nnUNet_wandb_mode", "offline")
+        env.setdefault("WANDB_MODE", env["nnUNet_wandb_mode"])
+        env.update({k: str(v) for k, v in extra.items()})
+        return env
+
+
+def dataset_folder_name(dataset_id: int, name: str) -> str:
+    return f"Dataset{int(dataset_id):03d}_{name}"
+
+
+def nnunet_executable(name: str) -> str:
+    """An nnU-Net entry point from this interpreter's environment (also when it is not on PATH)."""
+    beside_python = Path(sys.executable).parent / name
+    if beside_python.is_file():
+        return str(beside_python)
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} not found beside {sys.executable} nor on PATH: is nnunetv2 installed?")
+    return found
+
+
+def run_nnunet_command(args: list[str], env: dict[str, str], what: str) -> None:
+    """Run an nnU-Net CLI, streaming its output into our log; a failure names the command."""
+    args = [nnunet_executable(args[0]), *args[1:]]
+    log.info("running: %s", " ".join(args))
+    proc = subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip()
+        if line:
+            log.info("[%s] %s", what, line)
+    if proc.wait() != 0:
+        raise RuntimeError(f"{what} failed (exit code {proc.returncode}): {' '.join(args)}")

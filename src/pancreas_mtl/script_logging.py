@@ -1,0 +1,40 @@
+"""Shared start-up for workflow/scripts/*.py: log to the rule's log file, fail with a clear message.
+
+Snakemake scripts call :func:`run_logged` with their main function; user-input errors are written
+as a plain message (no traceback) to the log and stderr, and the script exits non-zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+from pancreas_mtl.errors import UserInputError
+
+
+def setup_logging(log_path: str | Path | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+
+
+def run_logged(main: Callable[[], None], log_path: str | Path | None) -> None:
+    setup_logging(log_path)
+    log = logging.getLogger("pancreas_mtl")
+    try:
+        main()
+    except UserInputError as err:
+        log.error("%s", err.render())
+        sys.exit(1)
+    except Exception:
+        log.exception("unexpected failure")
+        sys.exit(1)

@@ -1,0 +1,101 @@
+"""The small CPU configuration derived from the planned 3d_fullres, resolved by nnU-Net's own PlansManager."""
+
+import json
+from copy import deepcopy
+
+import pytest
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from pancreas_mtl.errors import UserInputError
+from pancreas_mtl.nnunet.planning import add_configuration, derive_small_configuration
+
+PARENT = {
+    "data_identifier": "nnUNetResEncUNetMPlans_3d_fullres",
+    "preprocessor_name": "DefaultPreprocessor",
+    "batch_size": 2,
+    "patch_size": [32, 64, 64],
+    "median_image_size_in_voxels": [32.0, 64.0, 64.0],
+    "spacing": [3.0, 0.75, 0.75],
+    "normalization_schemes": ["CTNormalization"],
+    "use_mask_for_norm": [False],
+    "resampling_fn_data": "resample_data_or_seg_to_shape",
+    "resampling_fn_seg": "resample_data_or_seg_to_shape",
+    "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+    "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+    "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+    "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+    "architecture": {
+        "network_class_name": "dynamic_network_architectures.architectures.residual_unet.ResidualEncoderUNet",
+        "arch_kwargs": {
+            "n_stages": 5,
+            "features_per_stage": [32, 64, 128, 256, 320],
+            "conv_op": "torch.nn.modules.conv.Conv3d",
+            "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
+            "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
+            "n_blocks_per_stage": [1, 3, 4, 6, 6],
+            "n_conv_per_stage_decoder": [1, 1, 1, 1],
+            "conv_bias": True,
+            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+            "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+            "dropout_op": None,
+            "dropout_op_kwargs": None,
+            "nonlin": "torch.nn.LeakyReLU",
+            "nonlin_kwargs": {"inplace": True},
+        },
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+    },
+    "batch_dice": False,
+}
+
+
+def plans_with(child: dict) -> dict:
+    return {
+        "dataset_name": "Dataset501_PancreasQuiz",
+        "plans_name": "nnUNetResEncUNetMPlans",
+        "original_median_spacing_after_transp": [3.0, 0.75, 0.75],
+        "original_median_shape_after_transp": [32, 64, 64],
+        "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": [0, 1, 2],
+        "transpose_backward": [0, 1, 2],
+        "configurations": {"3d_fullres": deepcopy(PARENT), "3d_cpu_demo": child},
+        "experiment_planner_used": "nnUNetPlannerResEncM",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {},
+    }
+
+
+def test_small_configuration_inherits_preprocessing_and_shrinks_the_network():
+    child = derive_small_configuration(PARENT, feature_divisor=4, max_blocks_per_stage=2, batch_size=3)
+    assert child["inherits_from"] == "3d_fullres"
+    assert "data_identifier" not in child  # reuses the parent's preprocessed data
+    resolved = PlansManager(plans_with(child)).get_configuration("3d_cpu_demo")
+    kwargs = resolved.network_arch_init_kwargs
+    assert kwargs["features_per_stage"] == [8, 16, 32, 64, 80]
+    assert kwargs["n_blocks_per_stage"] == [1, 2, 2, 2, 2]
+    assert resolved.batch_size == 3
+    assert resolved.patch_size == [32, 64, 64]
+    assert resolved.data_identifier == PARENT["data_identifier"]
+    assert resolved.spacing == PARENT["spacing"]
+    assert PARENT["architecture"]["arch_kwargs"]["features_per_stage"] == [32, 64, 128, 256, 320]  # untouched
+
+
+def test_smaller_patch_must_fit_the_downsampling():
+    child = derive_small_configuration(PARENT, patch_size=[16, 32, 32])
+    assert child["patch_size"] == [16, 32, 32]
+    with pytest.raises(UserInputError, match=r"axis 1 \(40\) must be a positive multiple of 16"):
+        derive_small_configuration(PARENT, patch_size=[16, 40, 32])
+    with pytest.raises(UserInputError, match="has 2 axes"):
+        derive_small_configuration(PARENT, patch_size=[32, 32])
+
+
+def test_add_configuration_keeps_the_planned_ones(tmp_path):
+    plans_file = tmp_path / "plans.json"
+    plans = plans_with({})
+    del plans["configurations"]["3d_cpu_demo"]
+    plans_file.write_text(json.dumps(plans))
+    add_configuration(plans_file, "3d_cpu_demo", derive_small_configuration(PARENT))
+    written = json.loads(plans_file.read_text())
+    assert written["configurations"]["3d_fullres"] == PARENT
+    assert written["configurations"]["3d_cpu_demo"]["inherits_from"] == "3d_fullres"
+    with pytest.raises(UserInputError, match="refusing to replace"):
+        add_configuration(plans_file, "3d_fullres", {})

@@ -1,0 +1,47 @@
+import os
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+# The workflow's Python package lives in src/; rules run in conda envs or the project venv,
+# so put it on the path of every job (and of this process) instead of installing it into each env.
+SRC_DIR = Path(workflow.basedir) / "src"
+sys.path.insert(0, str(SRC_DIR))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(SRC_DIR), os.environ.get("PYTHONPATH", "")) if p
+)
+
+from pancreas_mtl.config import check_config  # noqa: E402
+
+check_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
+
+DATASET = "Dataset{:03d}_{}".format(
+    config["nnunet"]["dataset_id"], config["nnunet"]["dataset_name"]
+)
+NNUNET_ROOT = "results/nnunet"
+RAW_DATASET = f"{NNUNET_ROOT}/raw/{DATASET}"
+PREPROCESSED_DATASET = f"{NNUNET_ROOT}/preprocessed/{DATASET}"
+SYNTHETIC_QUIZ_DIR = "resources/synthetic_quiz"
+
+
+def quiz_dir():
+    if config["data"]["source"] == "synthetic":
+        return SYNTHETIC_QUIZ_DIR
+    return config["data"]["quiz_dir"]
+
+
+def quiz_input():
+    """The synthetic folder is a rule's output; a real quiz folder is tracked file by file."""
+    if config["data"]["source"] == "synthetic":
+        return SYNTHETIC_QUIZ_DIR
+    files = sorted(Path(quiz_dir()).glob("**/*.nii.gz"))
+    return [str(f) for f in files] or quiz_dir()
+
+
+def preprocess_threads():
+    return config["resources"]["preprocess_threads"]
+
+
+def all_targets():
+    return [PREPROCESSED_DATASET]
