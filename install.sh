@@ -9,18 +9,14 @@ VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 pip() { "$VENV/bin/python" -m pip "$@"; }
 pip install --quiet --upgrade pip
-# torch alone and first, exactly pinned: every other torch spec resolves to a multi-GB CUDA build.
-pip install --quiet torch==2.13.0
+# torch and torchvision first, exactly, as one pair. Why not torch 2.13.0, the CPU-only build this
+# project's CPU machines hold on disk? nnunetv2 -> timm -> torchvision, and no torchvision on PyPI loads
+# beside that build ("operator torchvision::nms does not exist"). Uninstalling torchvision lets nnU-Net's
+# modules import, but nnU-Net finds a trainer by name (nnUNetv2_train -tr, nnUNetv2_predict of a model
+# trained with a custom trainer) by importing every trainer module, the Primus ones included, which need
+# timm and so torchvision: every custom trainer lookup crashed. 2.14.1 + 0.29.1 is a matching pair
+# (CUDA builds, which also run on a CPU); pip on the project's CPU machines takes both from local disk.
+pip install --quiet torch==2.14.1 torchvision==0.29.1
 pip install --quiet -r requirements.txt -r requirements-dev.txt
-# nnunetv2 -> timm -> torchvision from PyPI. Beside a CPU-only torch build that torchvision fails to
-# load its C++ operators ("operator torchvision::nms does not exist"), and since timm imports it,
-# every nnU-Net import fails. nnU-Net itself never needs torchvision, so drop it where it is broken;
-# where it imports (a CUDA torch on a GPU machine) it stays.
-if "$VENV/bin/python" -c "import torchvision" >/dev/null 2>&1; then
-    echo "torchvision imports beside this torch; keeping it"
-else
-    echo "torchvision is broken beside this torch build; uninstalling it (nnU-Net does not need it)"
-    pip uninstall --quiet -y torchvision || true
-fi
 pip install --quiet --no-deps -e .
-"$VENV/bin/python" -c "import nnunetv2.training.nnUNetTrainer.nnUNetTrainer, pancreas_mtl; print('stack imports fine')"
+"$VENV/bin/python" -c "import torchvision, nnunetv2.training.nnUNetTrainer.nnUNetTrainer, pancreas_mtl; print('stack imports fine')"

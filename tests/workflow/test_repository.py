@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, run_snakemake
+from tests.workflow_helpers import REPO, copy_workflow, run_snakemake
+
+@pytest.fixture
+def workflow_copy(tmp_path) -> Path:
+    return copy_workflow(tmp_path / "workflow_copy")
+
 
 SNAKEMAKE_FILES = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
 

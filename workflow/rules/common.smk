@@ -24,6 +24,23 @@ RAW_DATASET = f"{NNUNET_ROOT}/raw/{DATASET}"
 PREPROCESSED_DATASET = f"{NNUNET_ROOT}/preprocessed/{DATASET}"
 SYNTHETIC_QUIZ_DIR = "resources/synthetic_quiz"
 
+STAGE1_TRAINER = "nnUNetTrainerPancreasSeg"
+STAGE2_TRAINER = {
+    "roi_attention": "nnUNetTrainerPancreasMultiTask",
+    "global_pool": "nnUNetTrainerPancreasMultiTaskGlobalPool",
+}[config["training"]["head"]]
+TRAINED_DATASET = f"{NNUNET_ROOT}/trained/{DATASET}"
+_PLANS_AND_CONFIGURATION = (
+    f"{config['nnunet']['plans_name']}__{config['nnunet']['configuration']}"
+)
+STAGE1_FOLDER = f"{STAGE1_TRAINER}__{_PLANS_AND_CONFIGURATION}"
+STAGE2_FOLDER = f"{STAGE2_TRAINER}__{_PLANS_AND_CONFIGURATION}"
+FOLDS = config["training"]["folds"]
+
+
+wildcard_constraints:
+    fold=r"\d+",
+
 
 def quiz_dir():
     if config["data"]["source"] == "synthetic":
@@ -43,5 +60,12 @@ def preprocess_threads():
     return config["resources"]["preprocess_threads"]
 
 
+def stage2_checkpoints():
+    return expand(
+        f"{TRAINED_DATASET}/{STAGE2_FOLDER}/fold_{{fold}}/checkpoint_final.pth",
+        fold=FOLDS,
+    )
+
+
 def all_targets():
-    return [PREPROCESSED_DATASET]
+    return [PREPROCESSED_DATASET, *stage2_checkpoints()]

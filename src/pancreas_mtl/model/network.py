@@ -152,23 +152,31 @@ class MultiTaskUNet(nn.Module):
         self.stage_indices: list[int] = list(self.classification_head.stage_indices)
 
     # ------------------------------------------------------------------ forward paths
-    def forward(self, x: torch.Tensor):
-        """Segmentation only, identical to the plain nnU-Net network (tensor, or list with deep supervision)."""
-        return self.decoder(self.encoder(x))
+    def forward(self, x: torch.Tensor, return_class_logits: bool = False):
+        """Segmentation output exactly as the plain nnU-Net network returns it (tensor, or list with deep
+        supervision), which is what nnU-Net's stock trainer and predictor call.
 
-    def forward_multitask(self, x: torch.Tensor):
-        """``(seg_output, class_logits)`` from a single encoder pass.
-
-        ``seg_output`` is what :meth:`forward` returns. The head's guidance is the softmax of the highest-resolution
-        segmentation output (element 0 with deep supervision).
+        ``return_class_logits=True`` is the explicit multi-task path: ``(seg_output, class_logits)`` from the same
+        single encoder pass. It goes through ``forward`` (not a separate method) so that DDP's gradient
+        synchronisation and a ``torch.compile``d module both see it.
         """
         skips = self.encoder(x)
         seg = self.decoder(skips)
+        if not return_class_logits:
+            return seg
         probs = None
         if getattr(self.classification_head, "uses_guidance", True):
             highres = seg[0] if isinstance(seg, (list, tuple)) else seg
             probs = torch.softmax(highres.float(), dim=1)
         return seg, self.classification_head(skips, probs)
+
+    def forward_multitask(self, x: torch.Tensor):
+        """``(seg_output, class_logits)`` from a single encoder pass; same as ``self(x, return_class_logits=True)``.
+
+        The head's guidance is the softmax of the highest-resolution segmentation output (element 0 with deep
+        supervision).
+        """
+        return self(x, return_class_logits=True)
 
     @property
     def deep_supervision(self) -> bool:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# Folder that holds our trainers; nnU-Net 2.8 searches the folders in nnUNet_extTrainer after its own.
-TRAINER_DIR = Path(__file__).resolve().parents[1] / "model"
+# nnU-Net 2.8 searches the folders in nnUNet_extTrainer (after its own) for trainer classes by name.
+TRAINER_DIR = Path(__file__).resolve().parent / "ext_trainers"
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,8 @@ class NnunetFolders:
         # W&B never blocks on the network unless a user asks for online mode explicitly.
         env.setdefault("nnUNet_wandb_mode", "offline")
         env.setdefault("WANDB_MODE", env["nnUNet_wandb_mode"])
+        # Child output goes line by line into our log (a pipe would otherwise buffer it for minutes).
+        env["PYTHONUNBUFFERED"] = "1"
         env.update({k: str(v) for k, v in extra.items()})
         return env
 

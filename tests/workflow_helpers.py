@@ -4,9 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_PARTS = ["Snakefile", "workflow", "config", "envs", "src", ".test", "profiles"]
 
 
@@ -35,6 +33,5 @@ def run_snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.C
     )
 
 
-@pytest.fixture
-def workflow_copy(tmp_path) -> Path:
-    return copy_workflow(tmp_path / "workflow_copy")
+def snakemake_output(result: subprocess.CompletedProcess) -> str:
+    return result.stdout + result.stderr

@@ -1,0 +1,300 @@
+"""Conversion of the quiz data folder to an nnU-Net v2 raw dataset.
+
+:func:`convert_quiz_to_nnunet` writes::
+
+    <raw_dataset_dir>/dataset.json
+    <raw_dataset_dir>/imagesTr/{case_id}_0000.nii.gz   train AND validation images (byte-for-byte copies)
+    <raw_dataset_dir>/labelsTr/{case_id}.nii.gz        their masks, uint8 {0,1,2} on the image's grid
+    <raw_dataset_dir>/imagesTs/{case_id}_0000.nii.gz   test images (byte-for-byte copies)
+    <splits_json>                                      nnU-Net splits_final.json: fold 0 = official split
+    <case_table_csv>                                   case_id,split,subtype,image,mask
+
+Images are byte-for-byte copies; the one exception is an image stored as (x, y, z, 1), which the
+validator accepts as 3D: it is copied with only the header's dim field rewritten to (x, y, z).
+Labels are the masks rounded to uint8 and written with a copy of the image's header (same shape,
+affine, qform/sform and codes), so nnU-Net, nibabel and SimpleITK see identical grids.
+
+Validation cases go to imagesTr so that they can be the validation set of fold 0. The quiz folder is
+validated completely first (:func:`~pancreas_mtl.data.validation.validate_quiz_folder`); nothing is
+written when it has any problem. The dataset is built in a temporary sibling folder and renamed into
+place at the end, so an interrupted run never leaves a half dataset behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from pancreas_mtl.data.quiz_layout import (
+    LABELLED_SPLITS,
+    SUBTYPES,
+    QuizCase,
+    image_file_name,
+    mask_file_name,
+)
+from pancreas_mtl.data.validation import map_cases, spatial_shape, validate_quiz_folder
+from pancreas_mtl.errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATASET_NAME = "Dataset501_PancreasQuiz"
+DATASET_NAME_RE = re.compile(r"^Dataset\d{3}_[A-Za-z0-9_\-]+$")
+LABELS = {"background": 0, "pancreas": 1, "lesion": 2}
+CASE_TABLE_COLUMNS = ("case_id", "split", "subtype", "image", "mask")
+SPLIT_SCHEMES = ("official",)
+# What a raw dataset written by this module contains; anything else in an existing output folder
+# means it is not ours, and it is not replaced.
+_DATASET_ENTRIES = {"dataset.json", "imagesTr", "labelsTr", "imagesTs"}
+
+
+def dataset_json(cases: list[QuizCase], dataset_name: str = DEFAULT_DATASET_NAME) -> dict:
+    """nnU-Net v2 ``dataset.json`` for the converted quiz cases."""
+    n_training = sum(1 for c in cases if c.split in LABELLED_SPLITS)
+    return {
+        "name": dataset_name,
+        "description": "Pancreas quiz: 3D CT, pancreas (1) and lesion (2) segmentation; lesion subtype "
+                       "0/1/2 per case in the case table. Train and validation cases are both in "
+                       "imagesTr; fold 0 of splits_final.json is the official train/validation split.",
+        "reference": "Pancreas quiz data (crops of PANORAMA, panorama.grand-challenge.org)",
+        "licence": "CC BY-NC 4.0",
+        "channel_names": {"0": "CT"},
+        "labels": dict(LABELS),
+        "numTraining": n_training,
+        "numTest": sum(1 for c in cases if c.split == "test"),
+        "file_ending": ".nii.gz",
+    }
+
+
+def make_splits(cases: list[QuizCase], scheme: str = "official") -> list[dict[str, list[str]]]:
+    """nnU-Net ``splits_final.json`` content for the labelled cases.
+
+    ``"official"``: one fold, ``[{"train": train case ids, "val": validation case ids}]`` (sorted), so
+    fold 0 is exactly the official split. Test cases are never part of a split.
+    """
+    if scheme == "official":
+        return [{
+            "train": sorted(c.case_id for c in cases if c.split == "train"),
+            "val": sorted(c.case_id for c in cases if c.split == "validation"),
+        }]
+    raise UserInputError(f"unknown split scheme {scheme!r}; known schemes: {', '.join(SPLIT_SCHEMES)}")
+
+
+def case_table_rows(cases: list[QuizCase]) -> list[dict[str, str]]:
+    """Rows of the case table; image/mask paths are relative to the raw dataset folder."""
+    rows = []
+    for c in cases:
+        if c.split == "test":
+            image, mask, subtype = f"imagesTs/{image_file_name(c.case_id)}", "", ""
+        else:
+            image, mask = f"imagesTr/{image_file_name(c.case_id)}", f"labelsTr/{mask_file_name(c.case_id)}"
+            subtype = str(c.subtype)
+        rows.append({"case_id": c.case_id, "split": c.split, "subtype": subtype, "image": image, "mask": mask})
+    return rows
+
+
+# -- per case ---------------------------------------------------------------------------------------
+
+def _copy_squeezed(src: Path, dst: Path, img) -> None:
+    """Copy a (x, y, z, 1...) NIfTI file as (x, y, z): only the header's dim field changes.
+
+    The voxel bytes of a trailing-singleton 4D volume are laid out exactly as the 3D volume's, so the
+    data (dtype, scaling, values) and every other header field are kept byte for byte.
+    """
+    header_class = type(img.header)
+    size = header_class.template_dtype.itemsize  # 348 (NIfTI-1) or 540 (NIfTI-2) bytes
+    with gzip.open(src, "rb") as fin, gzip.open(dst, "wb") as fout:
+        # the header as stored (a loaded image's .header has its scaling moved to the data proxy)
+        hdr = header_class(binaryblock=fin.read(size), endianness=img.header.endianness, check=False)
+        hdr.set_data_shape(spatial_shape(img.shape))
+        fout.write(hdr.binaryblock)
+        shutil.copyfileobj(fin, fout, 1 << 22)
+
+
+def label_image(mask_data: np.ndarray, image) -> nib.Nifti1Image:
+    """A uint8 label image with the mask's rounded values on ``image``'s grid.
+
+    The header is a copy of the image header (shape, pixdim, qform/sform and their codes, units),
+    with dtype uint8, no scaling (scl_slope/scl_inter NaN), no intent, no display range and no
+    extensions.
+    """
+    labels = np.rint(np.asarray(mask_data, dtype=np.float64)).astype(np.uint8)
+    hdr = image.header.copy()
+    hdr.set_data_dtype(np.uint8)
+    hdr.set_slope_inter(None, None)
+    hdr.set_intent("none")
+    hdr["cal_min"] = 0
+    hdr["cal_max"] = 0
+    hdr["descrip"] = b"pancreas_mtl label 0 bg 1 pancreas 2 lesion"
+    del hdr.extensions[:]
+    out = type(image)(labels.reshape(spatial_shape(image.shape)), image.affine, hdr)
+    out.set_data_dtype(np.uint8)
+    return out
+
+
+def _convert_case(case: QuizCase, out_dir: Path) -> str:
+    """Write one case into the (temporary) raw dataset folder; return its case id."""
+    images_dir = out_dir / ("imagesTs" if case.split == "test" else "imagesTr")
+    image_out = images_dir / image_file_name(case.case_id)
+    image = nib.load(str(case.image))
+    if len(image.shape) == 3:
+        shutil.copyfile(case.image, image_out)  # byte-for-byte: dtype, header and geometry unchanged
+    else:
+        _copy_squeezed(case.image, image_out, image)
+        image = nib.load(str(image_out))
+    if case.mask is not None:
+        mask = nib.load(str(case.mask))
+        mask_data = np.asanyarray(mask.dataobj).reshape(spatial_shape(mask.shape))
+        nib.save(label_image(mask_data, image), str(out_dir / "labelsTr" / mask_file_name(case.case_id)))
+    return case.case_id
+
+
+# -- output handling --------------------------------------------------------------------------------
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _check_outputs(quiz_dir: Path, raw_dir: Path, files: list[Path]) -> None:
+    """Refuse outputs that would write into the quiz folder or replace a folder that is not ours."""
+    problems = []
+    quiz = quiz_dir.resolve()
+    raw = raw_dir.resolve()
+    if _inside(raw, quiz) or _inside(quiz, raw):
+        problems.append(f"{raw_dir}: the raw dataset folder overlaps the quiz folder {quiz_dir}; "
+                        "the quiz folder is only read")
+    for f in files:
+        if _inside(f.resolve(), quiz):
+            problems.append(f"{f}: output file lies inside the quiz folder {quiz_dir}; the quiz folder is only read")
+        if f.exists() and f.is_dir():
+            problems.append(f"{f}: output file path is an existing folder")
+    if raw_dir.exists():
+        if not raw_dir.is_dir():
+            problems.append(f"{raw_dir}: exists and is not a folder; not replacing it")
+        else:
+            ours = _DATASET_ENTRIES | {f.name for f in files if f.resolve().parent == raw}
+            foreign = sorted(p.name for p in raw_dir.iterdir() if p.name not in ours)
+            if foreign:
+                problems.append(f"{raw_dir}: exists and holds files that a conversion does not write "
+                                f"({', '.join(foreign[:5])}); not replacing it - remove it or choose another "
+                                "output folder")
+    if len(set(p.resolve() for p in files)) != len(files):
+        problems.append(f"{files[0]}: the splits file and the case table must be different files")
+    if problems:
+        raise UserInputError("Cannot write the nnU-Net raw dataset", problems)
+
+
+def _replace_dir(new: Path, dest: Path) -> None:
+    """Move the finished folder ``new`` to ``dest``, replacing a previous conversion there."""
+    if not dest.exists():
+        os.rename(new, dest)
+        return
+    trash = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+    os.rename(dest, trash / dest.name)
+    os.rename(new, dest)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _partial_file(path: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def _write_case_table(path: Path, cases: list[QuizCase]) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CASE_TABLE_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(case_table_rows(cases))
+
+
+def _summary(cases: list[QuizCase]) -> dict:
+    counts = Counter(c.split for c in cases)
+    subtypes = {
+        split: {str(s): sum(1 for c in cases if c.split == split and c.subtype == s) for s in SUBTYPES}
+        for split in LABELLED_SPLITS
+    }
+    return {
+        "cases": {split: counts.get(split, 0) for split in ("train", "validation", "test")},
+        "subtypes": subtypes,
+    }
+
+
+def convert_quiz_to_nnunet(
+    quiz_dir: str | Path,
+    raw_dataset_dir: str | Path,
+    splits_json: str | Path,
+    case_table_csv: str | Path,
+    dataset_name: str = DEFAULT_DATASET_NAME,
+    n_workers: int = 1,
+) -> dict:
+    """Validate the quiz folder and convert it to an nnU-Net v2 raw dataset (see the module docstring).
+
+    Raises :class:`~pancreas_mtl.errors.QuizDataError` listing every problem of the quiz folder, or
+    :class:`~pancreas_mtl.errors.UserInputError` for unusable output paths; in both cases nothing is
+    written. A previous conversion at ``raw_dataset_dir`` is replaced; any other existing folder is not.
+
+    Returns a summary: ``{"dataset_name", "raw_dataset_dir", "cases": {split: n},
+    "subtypes": {split: {"0": n, "1": n, "2": n}}, "seconds"}``.
+    """
+    t0 = time.perf_counter()
+    quiz_dir, raw_dir = Path(quiz_dir), Path(raw_dataset_dir)
+    splits_json, case_table_csv = Path(splits_json), Path(case_table_csv)
+    if not DATASET_NAME_RE.match(dataset_name):
+        raise UserInputError(f"dataset name {dataset_name!r} is not an nnU-Net dataset name "
+                             "(DatasetXXX_Name, XXX three digits)")
+    if raw_dir.name != dataset_name:
+        log.warning("raw dataset folder %s is not named after the dataset %s; nnU-Net's name-based "
+                    "commands will not find it", raw_dir, dataset_name)
+
+    cases = validate_quiz_folder(quiz_dir, n_workers=n_workers)
+    _check_outputs(quiz_dir, raw_dir, [splits_json, case_table_csv])
+
+    for parent in {raw_dir.parent, splits_json.parent, case_table_csv.parent}:
+        parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{raw_dir.name}.partial-", dir=raw_dir.parent))
+    tmp_files: list[Path] = []
+    try:
+        for sub in ("imagesTr", "labelsTr", "imagesTs"):
+            (tmp_dir / sub).mkdir()
+        n = len(cases)
+        log.info("converting %d case(s) from %s into %s with %d worker(s)", n, quiz_dir, raw_dir, max(1, n_workers))
+        step = max(1, n // 10)
+        for i, case_id in enumerate(map_cases(_convert_case, cases, n_workers, tmp_dir), start=1):
+            if i % step == 0 or i == n:
+                log.info("converted %d/%d case(s) (last: %s)", i, n, case_id)
+        _write_json(tmp_dir / "dataset.json", dataset_json(cases, dataset_name))
+
+        splits_tmp, table_tmp = _partial_file(splits_json), _partial_file(case_table_csv)
+        tmp_files += [splits_tmp, table_tmp]
+        _write_json(splits_tmp, make_splits(cases, "official"))
+        _write_case_table(table_tmp, cases)
+
+        _replace_dir(tmp_dir, raw_dir)
+        os.replace(splits_tmp, splits_json)
+        os.replace(table_tmp, case_table_csv)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        for f in tmp_files:
+            f.unlink(missing_ok=True)
+        raise
+
+    summary = {"dataset_name": dataset_name, "raw_dataset_dir": str(raw_dir), **_summary(cases),
+               "seconds": round(time.perf_counter() - t0, 3)}
+    log.info("wrote %s: %s", raw_dir, json.dumps(summary))
+    return summary

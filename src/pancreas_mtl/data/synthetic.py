@@ -1,0 +1,769 @@
+"""Seeded synthetic stand-in for the pancreas quiz data (same layout, dtypes, orientation, spacing).
+
+The demo workflow needs data that looks like the quiz, file for file, without shipping real CT.
+Each case is built in physical space (millimetres, a fixed field of view centred on the origin)
+and then sampled at that case's own anisotropic spacing, so voxel shapes differ from case to case
+while the anatomy keeps its physical size:
+
+* body: soft tissue (40-60 HU) with smooth fat islands (~-100 HU), a fat rim around the pancreas,
+  a contrast-filled vessel and sometimes a pocket of bowel gas (-1000 HU);
+* pancreas (~100 HU): a tube of varying radius (about 8-12 mm thick, thicker at the head)
+  along a smooth curve that spans most of the in-plane field and 2-3 cm in z, placed with
+  random rotation and jitter;
+* exactly one lesion, mostly inside the pancreas, whose look encodes the subtype:
+
+  - subtype 0: round, homogeneous, hypodense (0-20 HU), smooth edges (cyst-like);
+  - subtype 1: lobulated, hyperdense (170-200 HU) with a speckled high-frequency texture;
+  - subtype 2: elongated and irregular, dark core (~50 HU) inside a bright enhancing rim (~200 HU).
+
+Slice thickness is simulated by rendering several sub-slices per voxel in z and averaging them
+(partial volume), then a small in-plane blur and correlated Gaussian noise (10-20 HU) are added.
+
+Quirks of the real files that are reproduced: images stored as int16, int32 or float64 (cycled by
+case number) in Hounsfield units; LPS orientation (affine ``diag(-sx, -sy, sz)`` plus an origin,
+qform and sform code 1); masks stored as float32 or float64 with pancreas written as
+``1.0000152587890625`` in about three cases of four; z spacing 1-5 mm and equal x/y spacing
+0.6-0.9 mm, drawn per case.
+
+Every case draws from its own random generator, derived from ``(seed, case_id)``, so a case does
+not depend on which other cases are generated or in which order, and cases can be built in
+parallel; the same seed gives byte-identical files (nibabel writes gzip with mtime 0).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from pancreas_mtl.errors import UserInputError
+
+log = logging.getLogger("pancreas_mtl.data.synthetic")
+
+#: Cases per subtype (0, 1, 2) for train and validation, and the number of test images.
+#: Same class ratios as the real quiz split (train 62/106/84, validation 9/15/12, test 72).
+DEFAULT_COUNTS: dict = {"train": (10, 17, 13), "validation": (4, 6, 5), "test": 12}
+
+#: Field of view in mm (x, y, z); at ~0.75 mm in-plane and 3 mm slices this is ~64 x 64 x 32 voxels.
+DEFAULT_FOV_MM: tuple[float, float, float] = (48.0, 48.0, 96.0)
+#: The smallest field of view that still holds the whole lesion.
+MIN_FOV_MM: tuple[float, float, float] = (40.0, 40.0, 64.0)
+
+SUBTYPES = (0, 1, 2)
+SPLITS_WITH_LABELS = ("train", "validation")
+#: Real class frequencies (train split); hidden subtypes of test cases are drawn with these weights.
+SUBTYPE_WEIGHTS = (62, 106, 84)
+
+#: How the real masks store pancreas in about three cases of four (1 + 2**-16).
+PANCREAS_QUIRK_VALUE = 1.0000152587890625
+PANCREAS_QUIRK_PROBABILITY = 0.75
+
+#: Image dtypes, cycled by case number (mostly int16, like the real data).
+IMAGE_DTYPES = (np.int16, np.int32, np.int16, np.float64)
+MASK_DTYPES = (np.float32, np.float64)
+
+#: Slice spacings (mm) and their probabilities; in-plane spacing is k/512 mm for a display
+#: field of view k in [310, 460] mm, i.e. 0.605-0.898 mm, as a scanner would write it.
+Z_SPACINGS_MM = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
+Z_SPACING_PROBS = (0.08, 0.10, 0.15, 0.15, 0.32, 0.10, 0.10)
+DISPLAY_FOV_MM = (310, 460)
+
+#: Sub-slices are rendered at most this far apart (mm) and averaged into one slice.
+SUBSLICE_MM = 1.0
+HU_MIN, HU_MAX = -1024.0, 3071.0
+
+_CASE_ID = re.compile(r"^quiz_(?:(?P<subtype>\d)_)?(?P<number>\d{3})$")
+
+
+class SyntheticQuizError(UserInputError, ValueError):
+    """Bad arguments for the synthetic quiz (output folder, counts, seed, field of view)."""
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def make_synthetic_quiz(
+    out_dir: str | Path,
+    seed: int = 0,
+    counts: dict | None = None,
+    fov_mm=DEFAULT_FOV_MM,
+    n_workers: int = 1,
+) -> list[Path]:
+    """Write the quiz layout under ``out_dir``; return the written files (sorted).
+
+    Layout (``NNN`` is unique across the dataset, ``S`` the subtype digit)::
+
+        out_dir/train/subtypeS/quiz_S_NNN_0000.nii.gz   image (HU)
+        out_dir/train/subtypeS/quiz_S_NNN.nii.gz        mask: 0 background, 1 pancreas, 2 lesion
+        out_dir/validation/subtypeS/...                 same
+        out_dir/test/quiz_NNN_0000.nii.gz               images only
+
+    ``counts`` has keys ``train`` and ``validation`` (three ints: cases of subtype 0, 1, 2) and
+    ``test`` (an int); it defaults to :data:`DEFAULT_COUNTS`. Files are written into a temporary
+    sibling folder that is renamed to ``out_dir`` at the end, so an interrupted or failed run never
+    leaves a half-written ``out_dir``. Raises :class:`SyntheticQuizError` (a ``ValueError``) if
+    ``out_dir`` exists and is not an empty folder, or if an argument is invalid.
+    """
+    out = Path(out_dir)
+    seed = _check_seed(seed)
+    counts = normalize_counts(counts)
+    fov = _check_fov(fov_mm)
+    n_workers = _check_workers(n_workers)
+    _refuse_existing(out)
+
+    tasks = _plan_cases(seed, counts, fov)
+    n_workers = max(1, min(n_workers, len(tasks)))
+    log.info(
+        "writing %d synthetic cases (train %s, validation %s, test %d; seed %d) to %s with %d worker(s)",
+        len(tasks),
+        list(counts["train"]),
+        list(counts["validation"]),
+        counts["test"],
+        seed,
+        out,
+        n_workers,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    start = time.perf_counter()
+    try:
+        for split in SPLITS_WITH_LABELS:
+            for s in SUBTYPES:
+                (tmp / split / f"subtype{s}").mkdir(parents=True)
+        (tmp / "test").mkdir()
+        relative = _run_tasks(tmp, tasks, n_workers)
+        _refuse_existing(out)  # someone may have written there meanwhile
+        if out.is_dir():
+            out.rmdir()  # an empty folder, e.g. made by the caller
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote %d files for %d cases in %.1f s", len(relative), len(tasks), time.perf_counter() - start)
+    return sorted(out / r for r in relative)
+
+
+def synthesize_case(
+    case_id: str,
+    subtype: int | None,
+    seed: int,
+    fov_mm=DEFAULT_FOV_MM,
+) -> tuple[nib.Nifti1Image, nib.Nifti1Image | None]:
+    """Build one case: ``(image, mask)`` as NIfTI images in memory (nothing is written).
+
+    ``case_id`` is ``quiz_S_NNN`` (labelled) or ``quiz_NNN`` (test); the case's random generator is
+    derived from ``(seed, case_id)`` alone. ``subtype`` is 0, 1 or 2; ``None`` (test cases) draws a
+    hidden subtype from the case's own stream, see :func:`resolve_subtype`. The mask is always
+    computed and returned; :func:`make_synthetic_quiz` writes it only for train/validation cases.
+    """
+    seed = _check_seed(seed)
+    fov = _check_fov(fov_mm)
+    subtype = resolve_subtype(case_id, subtype, seed)
+    number = _case_number(case_id)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _case_key(case_id), 0]))
+
+    image_hu, labels, spacing = _render_case(rng, subtype, fov)
+
+    # File-level quirks, drawn after the anatomy so they never change it.
+    image_dtype = (
+        IMAGE_DTYPES[number % len(IMAGE_DTYPES)]
+        if number is not None
+        else IMAGE_DTYPES[_case_key(case_id) % len(IMAGE_DTYPES)]
+    )
+    mask_dtype = MASK_DTYPES[int(rng.integers(len(MASK_DTYPES)))]
+    quirk = bool(rng.random() < PANCREAS_QUIRK_PROBABILITY)
+    affine = _lps_affine(spacing, rng)
+
+    image = _nifti(np.round(image_hu).astype(image_dtype), affine)
+    mask_values = labels.astype(np.float64)
+    if quirk:
+        mask_values[labels == 1] = PANCREAS_QUIRK_VALUE
+    mask = _nifti(mask_values.astype(mask_dtype), affine)
+    return image, mask
+
+
+def resolve_subtype(case_id: str, subtype: int | None, seed: int) -> int:
+    """The lesion subtype of a case: ``subtype`` itself, or for ``None`` the hidden one of a test case.
+
+    A hidden subtype is drawn with the real class frequencies from a stream of its own derived from
+    ``(seed, case_id)``, so it can be looked up cheaply (e.g. to score test predictions).
+    """
+    m = _CASE_ID.match(case_id) if isinstance(case_id, str) else None
+    if m is None:
+        raise SyntheticQuizError(f"case id {case_id!r} is not of the form quiz_S_NNN or quiz_NNN")
+    if subtype is None:
+        rng = np.random.default_rng(np.random.SeedSequence([_check_seed(seed), _case_key(case_id), 1]))
+        weights = np.asarray(SUBTYPE_WEIGHTS, dtype=float)
+        return int(rng.choice(len(SUBTYPES), p=weights / weights.sum()))
+    if (
+        isinstance(subtype, bool)
+        or not isinstance(subtype, (int, np.integer))
+        or int(subtype) not in SUBTYPES
+    ):
+        raise SyntheticQuizError(f"subtype of {case_id} must be 0, 1, 2 or None, got {subtype!r}")
+    if m.group("subtype") is not None and int(m.group("subtype")) != int(subtype):
+        raise SyntheticQuizError(
+            f"case id {case_id} names subtype {m.group('subtype')} but subtype={subtype}"
+        )
+    return int(subtype)
+
+
+def normalize_counts(counts: dict | None) -> dict:
+    """``counts`` checked and normalised to ``{"train": (a, b, c), "validation": (a, b, c), "test": n}``."""
+    if counts is None:
+        counts = DEFAULT_COUNTS
+    if not isinstance(counts, dict):
+        raise SyntheticQuizError(
+            f"counts must be a mapping with keys train, validation, test; got {counts!r}"
+        )
+    problems = []
+    expected = {"train", "validation", "test"}
+    for key in sorted(set(counts) - expected):
+        problems.append(f"unknown key {key!r} (expected train, validation, test)")
+    for key in sorted(expected - set(counts)):
+        problems.append(f"missing key {key!r}")
+    result: dict = {}
+    for split in SPLITS_WITH_LABELS:
+        value = counts.get(split)
+        if split not in counts:
+            continue
+        if (
+            isinstance(value, (str, bytes))
+            or not hasattr(value, "__len__")
+            or len(value) != len(SUBTYPES)
+            or not all(_is_count(v) for v in value)
+        ):
+            problems.append(
+                f"{split} must be three non-negative integers (cases of subtype 0, 1, 2), got {value!r}"
+            )
+            continue
+        result[split] = tuple(int(v) for v in value)
+    if "test" in counts:
+        if _is_count(counts["test"]):
+            result["test"] = int(counts["test"])
+        else:
+            problems.append(f"test must be a non-negative integer, got {counts['test']!r}")
+    if not problems:
+        total = sum(result["train"]) + sum(result["validation"]) + result["test"]
+        if total > 1000:
+            problems.append(f"at most 1000 cases fit three-digit case numbers, asked for {total}")
+        if total == 0:
+            problems.append("asked for no cases at all")
+    if problems:
+        raise SyntheticQuizError("invalid synthetic quiz counts", problems)
+    return result
+
+
+# --------------------------------------------------------------------------- planning and running
+
+
+@dataclass(frozen=True)
+class _Task:
+    relative_dir: str
+    case_id: str
+    subtype: int | None
+    write_mask: bool
+    seed: int
+    fov: tuple[float, float, float]
+
+
+def _plan_cases(seed: int, counts: dict, fov) -> list[_Task]:
+    """Every case of the dataset, with case numbers drawn without replacement from 000-999."""
+    total = sum(counts["train"]) + sum(counts["validation"]) + counts["test"]
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _case_key("case numbers")]))
+    numbers = iter(rng.choice(1000, size=total, replace=False).tolist())
+    tasks: list[_Task] = []
+    for split in SPLITS_WITH_LABELS:
+        for s, n in zip(SUBTYPES, counts[split]):
+            for number in sorted(next(numbers) for _ in range(n)):
+                tasks.append(_Task(f"{split}/subtype{s}", f"quiz_{s}_{number:03d}", s, True, seed, fov))
+    for number in sorted(next(numbers) for _ in range(counts["test"])):
+        tasks.append(_Task("test", f"quiz_{number:03d}", None, False, seed, fov))
+    return tasks
+
+
+def _write_case(root: Path, task: _Task) -> list[str]:
+    """Synthesize one case and write its files under ``root``; return their relative paths."""
+    image, mask = synthesize_case(task.case_id, task.subtype, task.seed, task.fov)
+    written = [f"{task.relative_dir}/{task.case_id}_0000.nii.gz"]
+    nib.save(image, root / written[0])
+    if task.write_mask:
+        written.append(f"{task.relative_dir}/{task.case_id}.nii.gz")
+        nib.save(mask, root / written[1])
+    return written
+
+
+def _run_tasks(root: Path, tasks: list[_Task], n_workers: int) -> list[str]:
+    written: list[str] = []
+    done = 0
+
+    def progress() -> None:
+        if done % 10 == 0 or done == len(tasks):
+            log.info("generated %d/%d cases", done, len(tasks))
+
+    if n_workers == 1:
+        for task in tasks:
+            written += _write_case(root, task)
+            done += 1
+            progress()
+        return written
+
+    executor = ProcessPoolExecutor(max_workers=n_workers)
+    try:
+        pending = {executor.submit(_write_case, root, task) for task in tasks}
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                written += future.result()  # re-raises a worker's error
+                done += 1
+                progress()
+    finally:
+        # On failure: drop queued cases and let running ones end before the folder is removed.
+        executor.shutdown(wait=True, cancel_futures=True)
+    return written
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SyntheticQuizError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def _check_workers(n_workers) -> int:
+    if isinstance(n_workers, bool) or not isinstance(n_workers, (int, np.integer)) or n_workers < 1:
+        raise SyntheticQuizError(f"n_workers must be a positive integer, got {n_workers!r}")
+    return int(n_workers)
+
+
+def _check_fov(fov_mm) -> tuple[float, float, float]:
+    try:
+        fov = tuple(float(v) for v in fov_mm)
+    except (TypeError, ValueError):
+        fov = ()
+    if len(fov) != 3 or not all(np.isfinite(fov)):
+        raise SyntheticQuizError(f"fov_mm must be three numbers (x, y, z in mm), got {fov_mm!r}")
+    if any(f < m for f, m in zip(fov, MIN_FOV_MM)):
+        raise SyntheticQuizError(
+            f"fov_mm {fov} is too small to hold the anatomy; the minimum is {MIN_FOV_MM}"
+        )
+    return fov
+
+
+def _refuse_existing(out: Path) -> None:
+    if out.is_dir():
+        if any(out.iterdir()):
+            raise SyntheticQuizError(
+                f"refusing to write the synthetic quiz into {out}: it exists and is not empty "
+                "(remove it or choose another folder)"
+            )
+    elif out.exists() or out.is_symlink():
+        raise SyntheticQuizError(
+            f"refusing to write the synthetic quiz to {out}: it exists and is not a folder"
+        )
+
+
+def _case_key(text: str) -> int:
+    """A stable 64-bit integer for a string (Python's ``hash`` is salted per process)."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
+
+
+def _case_number(case_id: str) -> int | None:
+    m = _CASE_ID.match(case_id)
+    return int(m.group("number")) if m else None
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+@dataclass
+class _Grid:
+    """Voxel-centre coordinates (mm, origin at the centre of the field of view)."""
+
+    x: np.ndarray  # (nx,)
+    y: np.ndarray  # (ny,)
+    z: np.ndarray  # (nz * k,) sub-slice centres
+    k: int  # sub-slices per slice
+    shape: tuple[int, int, int]  # final (nx, ny, nz)
+
+    @property
+    def fine_shape(self) -> tuple[int, int, int]:
+        return (len(self.x), len(self.y), len(self.z))
+
+    def coords(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.x[:, None, None], self.y[None, :, None], self.z[None, None, :]
+
+    def collapse(self, fine: np.ndarray) -> np.ndarray:
+        """Average the sub-slices of each slice (slice-thickness partial volume)."""
+        nx, ny, nz = self.shape
+        return fine.reshape(nx, ny, nz, self.k).mean(axis=-1)
+
+    def expand(self, coarse: np.ndarray) -> np.ndarray:
+        """Repeat a per-slice array over the sub-slices."""
+        return np.repeat(coarse, self.k, axis=2)
+
+
+def _make_grid(spacing: tuple[float, float, float], fov) -> _Grid:
+    sx, sy, sz = spacing
+    nx, ny, nz = (max(1, int(round(f / s))) for f, s in zip(fov, spacing))
+    k = max(1, int(np.ceil(sz / SUBSLICE_MM - 1e-9)))
+    x = (np.arange(nx) - (nx - 1) / 2) * sx
+    y = (np.arange(ny) - (ny - 1) / 2) * sy
+    zc = (np.arange(nz) - (nz - 1) / 2) * sz
+    offsets = ((np.arange(k) + 0.5) / k - 0.5) * sz
+    z = (zc[:, None] + offsets[None, :]).ravel()
+    return _Grid(x, y, z, k, (nx, ny, nz))
+
+
+def _draw_spacing(rng: np.random.Generator) -> tuple[float, float, float]:
+    sz = float(rng.choice(Z_SPACINGS_MM, p=np.asarray(Z_SPACING_PROBS) / sum(Z_SPACING_PROBS)))
+    sxy = float(rng.integers(DISPLAY_FOV_MM[0], DISPLAY_FOV_MM[1] + 1)) / 512.0  # exact in float32
+    return (sxy, sxy, sz)
+
+
+def _lps_affine(spacing, rng: np.random.Generator) -> np.ndarray:
+    origin = (
+        round(float(rng.uniform(150.0, 250.0)), 3),
+        round(float(rng.uniform(40.0, 390.0)), 3),
+        round(float(rng.uniform(-450.0, 1800.0)), 1),
+    )
+    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    affine[:3, 3] = origin
+    return affine.astype(np.float32).astype(np.float64)  # what the header will store
+
+
+def _nifti(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_data_dtype(data.dtype)
+    img.header.set_xyzt_units(xyz="mm")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    return img
+
+
+def _catmull_rom_matrix(coords: np.ndarray, start: float, cell: float, n: int) -> np.ndarray:
+    """Weights that interpolate a 1D lattice (``start + i * cell``) at ``coords`` (Catmull-Rom)."""
+    u = (coords - start) / cell
+    i = np.floor(u).astype(int)
+    t = u - i
+    weights = (
+        0.5 * (-(t**3) + 2 * t**2 - t),
+        0.5 * (3 * t**3 - 5 * t**2 + 2),
+        0.5 * (-3 * t**3 + 4 * t**2 + t),
+        0.5 * (t**3 - t**2),
+    )
+    matrix = np.zeros((len(coords), n))
+    rows = np.arange(len(coords))
+    for offset, w in zip((-1, 0, 1, 2), weights):
+        np.add.at(matrix, (rows, np.clip(i + offset, 0, n - 1)), w)
+    return matrix
+
+
+def _smooth_field(rng: np.random.Generator, grid: _Grid, fov, cell_mm: float) -> np.ndarray:
+    """A smooth random field (about unit variance, correlation length ~cell_mm) on the fine grid.
+
+    Defined on a lattice in physical space, so it is the same pattern whatever the case's spacing.
+    """
+    mats = []
+    shape = []
+    for coords, extent in zip((grid.x, grid.y, grid.z), fov):
+        n = int(np.ceil(extent / cell_mm)) + 4
+        start = -extent / 2 - 1.5 * cell_mm
+        mats.append(_catmull_rom_matrix(coords, start, cell_mm, n))
+        shape.append(n)
+    lattice = rng.standard_normal(shape)
+    field = np.einsum("ia,abc->ibc", mats[0], lattice)
+    field = np.einsum("jb,ibc->ijc", mats[1], field)
+    field = np.einsum("kc,ijc->ijk", mats[2], field)
+    return field.astype(np.float32)
+
+
+def _fraction(sdf: np.ndarray, width: float) -> np.ndarray:
+    """Soft occupancy from a signed distance (negative inside), a linear ramp ``width`` mm wide."""
+    return np.clip(0.5 - sdf / width, 0.0, 1.0).astype(np.float32)
+
+
+def _tube_sdf(grid: _Grid, centres: np.ndarray, radii: np.ndarray, margin: float) -> np.ndarray:
+    """Signed distance to a union of spheres, exact within ``margin`` mm of the surface, else clipped."""
+    sdf = np.full(grid.fine_shape, margin, dtype=np.float32)
+    axes = (grid.x, grid.y, grid.z)
+    for c, r in zip(centres, radii):
+        reach = r + margin
+        sl = []
+        parts = []
+        for a, coords in enumerate(axes):
+            lo = np.searchsorted(coords, c[a] - reach, side="left")
+            hi = np.searchsorted(coords, c[a] + reach, side="right")
+            sl.append(slice(lo, hi))
+            parts.append(coords[lo:hi] - c[a])
+        if any(len(p) == 0 for p in parts):
+            continue
+        d2 = parts[0][:, None, None] ** 2 + parts[1][None, :, None] ** 2 + parts[2][None, None, :] ** 2
+        d = (np.sqrt(d2) - r).astype(np.float32)
+        block = sdf[tuple(sl)]
+        np.minimum(block, d, out=block)
+    return sdf
+
+
+def _ellipsoid_sdf(grid: _Grid, centre, rotation: np.ndarray, semi_axes) -> np.ndarray:
+    """Approximate signed distance to an ellipsoid (Quilez' k0 * (k0 - 1) / k1 bound)."""
+    X, Y, Z = grid.coords()
+    p = (X - centre[0], Y - centre[1], Z - centre[2])
+    # local coordinates: rows of ``rotation`` are the ellipsoid's axes
+    local = [rotation[i, 0] * p[0] + rotation[i, 1] * p[1] + rotation[i, 2] * p[2] for i in range(3)]
+    a = np.asarray(semi_axes, dtype=float)
+    k0 = np.sqrt(sum((local[i] / a[i]) ** 2 for i in range(3)))
+    k1 = np.sqrt(sum((local[i] / a[i] ** 2) ** 2 for i in range(3)))
+    return (k0 * (k0 - 1.0) / np.maximum(k1, 1e-6)).astype(np.float32)
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    q = rng.standard_normal(4)
+    q /= np.linalg.norm(q)
+    w, x, y, z = q
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def _frame(tangent: np.ndarray, rng: np.random.Generator, max_tilt_deg: float) -> np.ndarray:
+    """Rows: an axis near ``tangent`` (tilted up to ``max_tilt_deg``) and two perpendicular axes."""
+    t = tangent / np.linalg.norm(tangent)
+    helper = np.array([0.0, 0.0, 1.0]) if abs(t[2]) < 0.9 else np.array([1.0, 0.0, 0.0])
+    n1 = np.cross(t, helper)
+    n1 /= np.linalg.norm(n1)
+    n2 = np.cross(t, n1)
+    tilt = np.deg2rad(rng.uniform(0.0, max_tilt_deg))
+    phi = rng.uniform(0.0, 2 * np.pi)
+    a = np.cos(tilt) * t + np.sin(tilt) * (np.cos(phi) * n1 + np.sin(phi) * n2)
+    a /= np.linalg.norm(a)
+    b = np.cross(a, helper if abs(a @ helper) < 0.9 else np.array([0.0, 1.0, 0.0]))
+    b /= np.linalg.norm(b)
+    c = np.cross(a, b)
+    spin = rng.uniform(0.0, 2 * np.pi)
+    b, c = np.cos(spin) * b + np.sin(spin) * c, -np.sin(spin) * b + np.cos(spin) * c
+    return np.stack([a, b, c])
+
+
+@dataclass
+class _Pancreas:
+    centres: np.ndarray  # (n, 3) mm
+    radii: np.ndarray  # (n,)
+    tangents: np.ndarray  # (n, 3)
+    normals_xy: np.ndarray  # (n, 3) in-plane normals
+    arclength: np.ndarray  # (n,)
+
+
+def _draw_pancreas(rng: np.random.Generator, fov) -> _Pancreas:
+    n = 240
+    t = np.linspace(0.0, 1.0, n)
+    length = rng.uniform(36.0, 44.0)
+    bend = rng.uniform(3.0, 8.0)
+    wiggle = rng.uniform(0.0, 2.0)
+    phase = rng.uniform(0.0, 2 * np.pi)
+    z_span = rng.uniform(16.0, 30.0) * rng.choice([-1.0, 1.0])
+    z_bow = rng.uniform(-4.0, 4.0)
+    x = (t - 0.5) * length
+    y = bend * (np.sin(np.pi * t) - 0.64) + wiggle * np.sin(2 * np.pi * t + phase)
+    z = z_span * (t - 0.5) + z_bow * (np.sin(np.pi * t) - 0.64)
+    angle = np.deg2rad(rng.uniform(-25.0, 25.0)) + (np.pi if rng.random() < 0.5 else 0.0)
+    ca, sa = np.cos(angle), np.sin(angle)
+    shift = (rng.uniform(-3.0, 3.0), rng.uniform(-3.0, 3.0), rng.uniform(-0.08, 0.08) * fov[2])
+    centres = np.stack([ca * x - sa * y + shift[0], sa * x + ca * y + shift[1], z + shift[2]], axis=1)
+
+    r0 = rng.uniform(4.3, 5.3)
+    radii = (
+        r0
+        * (1.2 - 0.4 * t)
+        * (1.0 + 0.08 * np.sin(2 * np.pi * rng.uniform(1.0, 2.5) * t + rng.uniform(0, 2 * np.pi)))
+    )
+
+    tangents = np.gradient(centres, axis=0)
+    tangents /= np.linalg.norm(tangents, axis=1, keepdims=True)
+    normals = np.stack([-tangents[:, 1], tangents[:, 0], np.zeros(n)], axis=1)
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    steps = np.linalg.norm(np.diff(centres, axis=0), axis=1)
+    arclength = np.concatenate([[0.0], np.cumsum(steps)])
+    return _Pancreas(centres, radii, tangents, normals, arclength)
+
+
+@dataclass
+class _Lesion:
+    centre: np.ndarray
+    perp_extent: float  # how far it reaches from the centre across the pancreas (mm)
+    long_extent: float  # ... and along it
+
+
+def _draw_lesion_geometry(
+    rng: np.random.Generator, subtype: int, panc: _Pancreas, fov
+) -> tuple[_Lesion, dict]:
+    """Where the lesion sits and its shape parameters; retried until it fits the field of view."""
+    half = np.asarray(fov) / 2
+    for _ in range(100):
+        idx = int(rng.uniform(0.3, 0.65) * (len(panc.centres) - 1))
+        tangent = panc.tangents[idx]
+        offset = rng.normal(0.0, 0.6, 3)
+        offset -= (offset @ tangent) * tangent  # across the pancreas, not along it
+        centre = panc.centres[idx] + offset
+        if subtype == 0:
+            r = rng.uniform(5.0, 7.5)
+            axes = r * rng.uniform(0.9, 1.1, 3)
+            shape = {"kind": "ellipsoid", "rotation": _random_rotation(rng), "axes": axes}
+            perp, long = float(axes.max()), float(axes.max())
+        elif subtype == 1:
+            r = rng.uniform(6.0, 8.0)
+            n_lobes = int(rng.integers(4, 7))
+            dirs = rng.standard_normal((n_lobes, 3))
+            dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+            dist = r * rng.uniform(0.3, 0.45, n_lobes)
+            lobe_r = r * rng.uniform(0.5, 0.65, n_lobes)
+            centres = np.vstack([centre, centre + dirs * dist[:, None]])
+            radii = np.concatenate([[r * rng.uniform(0.7, 0.8)], lobe_r])
+            shape = {"kind": "lobes", "centres": centres, "radii": radii}
+            perp = long = float(np.max(np.linalg.norm(centres - centre, axis=1) + radii))
+        else:
+            r = rng.uniform(5.5, 7.5)
+            axes = np.array(
+                [r * rng.uniform(1.6, 2.1), r * rng.uniform(0.75, 0.9), r * rng.uniform(0.7, 0.85)]
+            )
+            rotation = _frame(tangent, rng, 25.0)
+            shape = {
+                "kind": "irregular",
+                "rotation": rotation,
+                "axes": axes,
+                "roughness": rng.uniform(0.8, 1.3),
+                "rim": rng.uniform(1.6, 2.3),
+            }
+            perp, long = float(axes[1:].max()) + 1.0, float(axes[0]) + 1.0
+        reach = max(perp, long) + 2.0
+        if np.all(np.abs(centre) + reach <= half):
+            return _Lesion(centre, perp, long), shape
+    raise RuntimeError("could not place the lesion inside the field of view")  # pragma: no cover
+
+
+def _lesion_sdf(grid: _Grid, lesion: _Lesion, shape: dict, rng: np.random.Generator, fov) -> np.ndarray:
+    if shape["kind"] == "ellipsoid":
+        return _ellipsoid_sdf(grid, lesion.centre, shape["rotation"], shape["axes"])
+    if shape["kind"] == "lobes":
+        return _tube_sdf(grid, shape["centres"], shape["radii"], margin=3.0)
+    sdf = _ellipsoid_sdf(grid, lesion.centre, shape["rotation"], shape["axes"])
+    return sdf + shape["roughness"] * _smooth_field(rng, grid, fov, cell_mm=4.0)
+
+
+def _render_case(rng: np.random.Generator, subtype: int, fov) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Image (float HU), labels (uint8) and spacing of one case."""
+    spacing = _draw_spacing(rng)
+    grid = _make_grid(spacing, fov)
+    edge = float(spacing[0])  # partial-volume ramp width in mm
+
+    panc = _draw_pancreas(rng, fov)
+    lesion, shape = _draw_lesion_geometry(rng, subtype, panc, fov)
+
+    # The pancreas swells around the lesion so that the lesion sits (mostly) inside it.
+    idx = int(np.argmin(np.linalg.norm(panc.centres - lesion.centre, axis=1)))
+    bulge = max(0.0, lesion.perp_extent + rng.uniform(0.8, 1.8) - panc.radii[idx])
+    width = 0.6 * lesion.long_extent + 1.5
+    radii = panc.radii + bulge * np.exp(-0.5 * ((panc.arclength - panc.arclength[idx]) / width) ** 2)
+
+    # --- tissue values (HU), with per-case jitter
+    offset = rng.normal(0.0, 4.0)  # scanner calibration
+    soft_hu = rng.uniform(40.0, 60.0)
+    fat_hu = rng.uniform(-115.0, -85.0)
+    pancreas_hu = rng.uniform(92.0, 112.0)
+    vessel_hu = rng.uniform(130.0, 160.0)
+
+    # --- body: soft tissue with smooth variation and fat islands
+    image = soft_hu + 6.0 * _smooth_field(rng, grid, fov, cell_mm=10.0)
+    fat_field = _smooth_field(rng, grid, fov, cell_mm=7.0)
+    fat = np.clip((fat_field - rng.uniform(0.55, 0.85)) / 0.3 + 0.5, 0.0, 1.0)
+    image = image * (1 - fat) + fat_hu * fat
+
+    # --- a contrast-filled vessel running beside the pancreas
+    side = rng.choice([-1.0, 1.0])
+    vessel_centres = panc.centres + side * rng.uniform(14.0, 17.0) * panc.normals_xy
+    vessel_r = np.full(len(vessel_centres), rng.uniform(2.0, 3.0))
+    vessel = _fraction(_tube_sdf(grid, vessel_centres, vessel_r, margin=2.0), edge)
+    image = image * (1 - vessel) + vessel_hu * vessel
+
+    # --- bowel gas pockets (with a soft-tissue wall), kept away from the pancreas
+    for _ in range(int(rng.integers(0, 3))):
+        r_air = rng.uniform(2.5, 5.0)
+        for _attempt in range(30):
+            c = rng.uniform(-0.5, 0.5, 3) * (np.asarray(fov) - 2 * r_air - 4.0)
+            if np.min(np.linalg.norm(panc.centres - c, axis=1) - radii) > r_air + 8.0:
+                break
+        else:
+            continue
+        air_sdf = _ellipsoid_sdf(grid, c, _random_rotation(rng), r_air * rng.uniform(0.8, 1.25, 3))
+        wall = _fraction(air_sdf - 1.5, edge)
+        image = image * (1 - wall) + (soft_hu - 10.0) * wall
+        air = _fraction(air_sdf, edge)
+        image = image * (1 - air) + (-1000.0) * air
+
+    # --- pancreas with its fat rim, lobular texture
+    panc_sdf = _tube_sdf(grid, panc.centres, radii, margin=4.0)
+    rim = rng.uniform(0.4, 0.8) * _fraction(panc_sdf - rng.uniform(1.0, 2.5), edge)
+    image = image * (1 - rim) + fat_hu * rim
+    panc_frac = _fraction(panc_sdf, edge)
+    pancreas_tex = pancreas_hu + 6.0 * _smooth_field(rng, grid, fov, cell_mm=3.0)
+    image = image * (1 - panc_frac) + pancreas_tex * panc_frac
+
+    # --- the lesion
+    les_sdf = _lesion_sdf(grid, lesion, shape, rng, fov)
+    les_frac = _fraction(les_sdf, edge)
+    if subtype == 0:
+        lesion_hu = np.float32(rng.uniform(0.0, 20.0))
+    elif subtype == 1:
+        base = rng.uniform(170.0, 200.0)
+        speckle = rng.standard_normal(grid.shape)
+        speckle = ndimage.gaussian_filter(speckle, sigma=(0.6, 0.6, 0.3))
+        speckle /= speckle.std()
+        lesion_hu = base + rng.uniform(30.0, 45.0) * grid.expand(speckle).astype(np.float32)
+    else:
+        core = _fraction(les_sdf + shape["rim"], edge)
+        rim_hu = rng.uniform(190.0, 215.0)
+        core_hu = rng.uniform(40.0, 60.0)
+        lesion_hu = rim_hu * (1 - core) + core_hu * core
+    image = image * (1 - les_frac) + lesion_hu * les_frac
+
+    # --- slice thickness, scanner blur, noise
+    image = grid.collapse(image.astype(np.float32)) + offset
+    image = ndimage.gaussian_filter(image, sigma=(0.5, 0.5, 0.0))
+    noise = ndimage.gaussian_filter(rng.standard_normal(grid.shape), sigma=(0.7, 0.7, 0.0))
+    image = image + rng.uniform(10.0, 20.0) * noise / noise.std()
+    image = np.clip(image, HU_MIN, HU_MAX)
+
+    # --- labels from the slice-averaged occupancies
+    panc_label = grid.collapse(panc_frac) >= 0.5
+    les_label = grid.collapse(les_frac) >= 0.5
+    components, n = ndimage.label(les_label, structure=np.ones((3, 3, 3)))
+    if n == 0:
+        raise RuntimeError("synthetic lesion vanished after sampling")  # pragma: no cover
+    if n > 1:  # keep the main body of the lesion only
+        sizes = ndimage.sum_labels(les_label, components, index=np.arange(1, n + 1))
+        les_label = components == (1 + int(np.argmax(sizes)))
+    labels = np.zeros(grid.shape, dtype=np.uint8)
+    labels[panc_label] = 1
+    labels[les_label] = 2
+    return image, labels, spacing

@@ -1,0 +1,76 @@
+"""Running one training stage through nnU-Net's own ``nnUNetv2_train`` command."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from pancreas_mtl.model.training_settings import SETTINGS_ENV, TrainingSettings
+from pancreas_mtl.nnunet.environment import NnunetFolders, run_nnunet_command
+
+log = logging.getLogger(__name__)
+
+
+def trained_model_folder(folders: NnunetFolders, dataset: str, trainer: str, plans_name: str, configuration: str) -> Path:
+    """nnU-Net's output folder of one trainer/plans/configuration (holds fold_N/ subfolders)."""
+    return folders.results / dataset / f"{trainer}__{plans_name}__{configuration}"
+
+
+def resolve_device(device: str) -> str:
+    """'auto' picks CUDA where torch sees a GPU, else the CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def wandb_environment(enabled: bool, mode: str = "offline", project: str = "pancreas-mtl") -> dict[str, str]:
+    """nnU-Net's built-in W&B logger, offline unless asked otherwise (offline never touches the network)."""
+    if not enabled:
+        return {"nnUNet_wandb_enabled": "0"}
+    return {
+        "nnUNet_wandb_enabled": "1",
+        "nnUNet_wandb_mode": mode,
+        "nnUNet_wandb_project": project,
+        "WANDB_MODE": mode,
+        "WANDB_SILENT": "true",
+    }
+
+
+def train_stage(
+    folders: NnunetFolders,
+    dataset_id: int,
+    configuration: str,
+    fold: int | str,
+    trainer: str,
+    plans_name: str,
+    settings: TrainingSettings,
+    settings_file: str | Path,
+    device: str = "auto",
+    num_gpus: int = 1,
+    data_augmentation_workers: int = 2,
+    wandb: dict | None = None,
+) -> float:
+    """Train (or resume: ``--c`` continues from the latest checkpoint) one stage; returns seconds taken."""
+    settings.write(settings_file)
+    device = resolve_device(device)
+    args = [
+        "nnUNetv2_train", str(dataset_id), configuration, str(fold),
+        "-tr", trainer, "-p", plans_name, "-device", device, "--c",
+    ]
+    if num_gpus > 1:
+        args += ["-num_gpus", str(num_gpus)]
+    extra = {SETTINGS_ENV: str(Path(settings_file).resolve()), "nnUNet_n_proc_DA": str(data_augmentation_workers)}
+    extra.update(wandb_environment(**(wandb or {"enabled": False})))
+    start = time.perf_counter()
+    run_nnunet_command(args, folders.environment(**extra), f"nnUNetv2_train {trainer}")
+    seconds = time.perf_counter() - start
+    log.info("%s fold %s on %s took %.1f s", trainer, fold, device, seconds)
+    return seconds
+
+
+def wandb_run_folders(fold_folder: str | Path) -> list[Path]:
+    """Offline W&B runs nnU-Net's logger wrote under a fold folder (``wandb sync`` uploads them)."""
+    return sorted(p for p in (Path(fold_folder) / "wandb").glob("offline-run-*") if p.is_dir())

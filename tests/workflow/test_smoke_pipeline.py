@@ -1,0 +1,100 @@
+"""Assertions on the whole workflow run by real Snakemake on the smoke configuration."""
+
+import json
+import re
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import yaml
+
+pytestmark = pytest.mark.slow
+
+DATASET = "Dataset501_PancreasQuiz"
+PLANS = "nnUNetResEncUNetMPlans"
+
+
+def smoke_config(workdir):
+    return yaml.safe_load((workdir / ".test" / "config_smoke.yaml").read_text())
+
+
+def fold_folder(workdir, trainer):
+    return workdir / "results" / "nnunet" / "trained" / DATASET / f"{trainer}__{PLANS}__3d_cpu_demo" / "fold_0"
+
+
+def test_every_rule_wrote_its_log_and_benchmark(smoke_workflow):
+    for rule in ["make_synthetic_quiz", "convert_quiz_to_nnunet", "plan_and_preprocess"]:
+        assert (smoke_workflow / "logs" / f"{rule}.log").stat().st_size > 0
+        assert (smoke_workflow / "benchmarks" / f"{rule}.tsv").is_file()
+    for stage in ["stage1", "stage2"]:
+        assert (smoke_workflow / "logs" / f"train_{stage}_fold0.log").stat().st_size > 0
+        assert (smoke_workflow / "benchmarks" / f"train_{stage}_fold0.tsv").is_file()
+
+
+def test_conversion_keeps_the_official_split_and_rounds_labels(smoke_workflow):
+    raw = smoke_workflow / "results" / "nnunet" / "raw" / DATASET
+    splits = json.loads((smoke_workflow / "results" / "dataset" / "splits_final.json").read_text())
+    assert len(splits) == 1
+    quiz = smoke_workflow / "resources" / "synthetic_quiz"
+    official_val = sorted(p.name[: -len(".nii.gz")] for p in quiz.glob("validation/subtype*/quiz_?_???.nii.gz"))
+    assert sorted(splits[0]["val"]) == official_val
+    assert not set(splits[0]["train"]) & set(official_val)
+    for label_file in sorted((raw / "labelsTr").glob("*.nii.gz")):
+        label = nib.load(label_file)
+        assert label.get_data_dtype() == np.uint8
+        assert set(np.unique(np.asarray(label.dataobj))) <= {0, 1, 2}
+
+
+def test_plans_hold_the_cpu_configuration_inheriting_3d_fullres(smoke_workflow):
+    preprocessed = smoke_workflow / "results" / "nnunet" / "preprocessed" / DATASET
+    plans = json.loads((preprocessed / f"{PLANS}.json").read_text())
+    assert plans["experiment_planner_used"] == "nnUNetPlannerResEncM"
+    demo = plans["configurations"]["3d_cpu_demo"]
+    assert demo["inherits_from"] == "3d_fullres"
+    full = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"]
+    assert demo["architecture"]["arch_kwargs"]["features_per_stage"] == [max(4, f // 8) for f in full]
+    assert (preprocessed / "splits_final.json").read_text() == (
+        smoke_workflow / "results" / "dataset" / "splits_final.json"
+    ).read_text()
+
+
+def test_both_stages_trained_the_configured_epochs(smoke_workflow):
+    config = smoke_config(smoke_workflow)
+    for trainer, stage in [("nnUNetTrainerPancreasSeg", "stage1"), ("nnUNetTrainerPancreasMultiTask", "stage2")]:
+        folder = fold_folder(smoke_workflow, trainer)
+        checkpoint = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+        assert checkpoint["trainer_name"] == trainer
+        epochs = config["training"][stage]["num_epochs"]
+        assert checkpoint["current_epoch"] == epochs
+        logging = checkpoint["logging"]
+        assert all(len(values) == epochs for values in logging.values()), {k: len(v) for k, v in logging.items()}
+        history = json.loads((folder / "full_validation_history.json").read_text())
+        assert [entry["epoch"] for entry in history] == list(range(epochs))
+        assert (folder / "progress.png").stat().st_size > 0
+
+
+def test_stage2_loaded_the_stage1_weights_and_says_so(smoke_workflow):
+    log = (smoke_workflow / "logs" / "train_stage2_fold0.log").read_text()
+    match = re.search(r"loaded (\d+) stage-1 tensors from (\S+); newly initialised head tensors: (\d+)", log)
+    assert match, log[-3000:]
+    assert match[2].endswith("checkpoint_best_combined.pth")  # stage2_init: best_combined
+    assert int(match[1]) > 0 and int(match[3]) > 0
+
+
+def test_best_f1_checkpoint_is_the_epoch_with_the_best_validation_f1(smoke_workflow):
+    folder = fold_folder(smoke_workflow, "nnUNetTrainerPancreasMultiTask")
+    history = json.loads((folder / "full_validation_history.json").read_text())
+    f1 = [entry["macro_f1"] for entry in history]
+    best_epoch = history[int(np.argmax(f1))]["epoch"]  # argmax: the earliest of equal bests
+    checkpoint = torch.load(folder / "checkpoint_best_f1.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["current_epoch"] - 1 == best_epoch
+    assert checkpoint["logging"]["full_val_macro_f1"][best_epoch] == pytest.approx(max(f1))
+
+
+def test_wandb_logged_offline_and_the_log_names_the_run(smoke_workflow):
+    folder = fold_folder(smoke_workflow, "nnUNetTrainerPancreasMultiTask")
+    runs = sorted((folder / "wandb").glob("offline-run-*"))
+    assert runs, "no offline W&B run"
+    assert any(runs[-1].glob("*.wandb"))
+    assert "wandb sync" in (smoke_workflow / "logs" / "train_stage2_fold0.log").read_text()
