@@ -313,7 +313,7 @@ def _run_script(quiz_dir: Path, tmp_path: Path, threads: int = 1) -> Path:
     paths = outputs(tmp_path)
     log_file = tmp_path / "logs" / "convert.log"
     smk = SimpleNamespace(
-        params=SimpleNamespace(quiz_dir=str(quiz_dir), dataset_name=NAME),
+        params=SimpleNamespace(quiz_dir=str(quiz_dir), dataset_name=NAME, split_scheme="official", k=5),
         output=SimpleNamespace(raw_dataset=str(paths["raw_dataset_dir"]), splits=str(paths["splits_json"]),
                                case_table=str(paths["case_table_csv"])),
         threads=threads,
@@ -379,3 +379,23 @@ def test_real_sample_converts_with_exact_geometry(real_sample_quiz_dir, tmp_path
     for src in sorted((real_sample_quiz_dir / "test").iterdir()):
         assert (raw / "imagesTs" / src.name).read_bytes() == src.read_bytes()
     verify_dataset_integrity(str(raw), num_processes=1)
+
+
+def test_kfold_splits_hold_out_the_official_validation_and_cover_training_once(quiz_dir):
+    from pancreas_mtl.data.quiz_layout import discover_quiz_cases
+
+    cases, problems = discover_quiz_cases(quiz_dir)
+    assert not problems
+    folds = make_splits(cases, "kfold", k=2)
+    train = sorted(c.case_id for c in cases if c.split == "train")
+    official_val = {c.case_id for c in cases if c.split == "validation"}
+    assert len(folds) == 2
+    assert sorted(folds[0]["val"] + folds[1]["val"]) == train
+    for fold in folds:
+        assert sorted(fold["train"] + fold["val"]) == train
+        assert not (set(fold["train"]) | set(fold["val"])) & official_val
+        # stratified: every subtype in both halves of each fold
+        assert {int(c.split("_")[1]) for c in fold["val"]} == {0, 1, 2}
+    assert make_splits(cases, "kfold", k=2) == folds  # seeded
+    with pytest.raises(UserInputError, match="2 <= k"):
+        make_splits(cases, "kfold", k=len(train) + 1)

@@ -8,13 +8,17 @@ from snakemake.utils import validate
 # so put it on the path of every job (and of this process) instead of installing it into each env.
 SRC_DIR = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC_DIR))
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (str(SRC_DIR), os.environ.get("PYTHONPATH", "")) if p
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        p for p in (str(SRC_DIR), os.environ.get("PYTHONPATH")) if p
+    )
 )
 
 from pancreas_mtl.config import check_config  # noqa: E402
 
-check_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
+check_config(
+    config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+)
 
 DATASET = "Dataset{:03d}_{}".format(
     config["nnunet"]["dataset_id"], config["nnunet"]["dataset_name"]
@@ -36,10 +40,22 @@ _PLANS_AND_CONFIGURATION = (
 STAGE1_FOLDER = f"{STAGE1_TRAINER}__{_PLANS_AND_CONFIGURATION}"
 STAGE2_FOLDER = f"{STAGE2_TRAINER}__{_PLANS_AND_CONFIGURATION}"
 FOLDS = config["training"]["folds"]
+_n_folds = 1 if config["training"]["split"] == "official" else config["training"]["k"]
+if max(FOLDS) >= _n_folds:
+    raise ValueError(
+        f"training.folds {FOLDS} do not exist with training.split "
+        f"{config['training']['split']!r} ({_n_folds} fold(s): 0..{_n_folds - 1})"
+    )
+INFERENCE_CHECKPOINT = {
+    "final": "checkpoint_final.pth",
+    "best_combined": "checkpoint_best_combined.pth",
+    "best_f1": "checkpoint_best_f1.pth",
+}[config["training"]["inference_checkpoint"]]
 
 
 wildcard_constraints:
     fold=r"\d+",
+    split=r"validation|test",
 
 
 def quiz_dir():
@@ -68,4 +84,11 @@ def stage2_checkpoints():
 
 
 def all_targets():
-    return [PREPROCESSED_DATASET, *stage2_checkpoints()]
+    return [
+        "results/subtype_results.csv",
+        "results/submission.zip",
+        "results/metrics/summary.json",
+        "results/benchmark/summary.json",
+        "results/report/training_curves.png",
+        "results/report/overlay_montage.png",
+    ]

@@ -15,6 +15,8 @@ def main():
         snakemake.output.case_table,  # noqa: F821
         dataset_name=snakemake.params.dataset_name,  # noqa: F821
         n_workers=snakemake.threads,  # noqa: F821
+        split_scheme=snakemake.params.split_scheme,  # noqa: F821
+        k=snakemake.params.k,  # noqa: F821
     )
 
 

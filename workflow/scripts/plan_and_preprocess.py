@@ -13,13 +13,13 @@ from pancreas_mtl.script_logging import run_logged
 
 def main():
     params = snakemake.params
+    preprocessed = Path(snakemake.output.preprocessed)
     plan_and_preprocess(
-        NnunetFolders.under(params.nnunet_root),
+        NnunetFolders.under(preprocessed.parents[1]),
         params.dataset_id,
         planner=params.planner,
         n_processes=snakemake.threads,
     )
-    preprocessed = Path(snakemake.output.preprocessed)
     plans_file = preprocessed / f"{params.plans_name}.json"
     cpu = dict(params.cpu_configuration)
     name = cpu.pop("name")

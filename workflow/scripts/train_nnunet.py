@@ -19,7 +19,7 @@ def main():
         settings.stage1_checkpoint = str((stage1_folder / CHECKPOINT_FILES[training["stage2_init"]]).resolve())
     fold_folder = Path(snakemake.output.checkpoint).parent
     train_stage(
-        NnunetFolders.under(params.nnunet_root),
+        NnunetFolders.under(Path(snakemake.input.preprocessed).parents[1]),
         params.dataset_id,
         params.configuration,
         snakemake.wildcards.fold,

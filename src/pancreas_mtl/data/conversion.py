@@ -53,7 +53,7 @@ DEFAULT_DATASET_NAME = "Dataset501_PancreasQuiz"
 DATASET_NAME_RE = re.compile(r"^Dataset\d{3}_[A-Za-z0-9_\-]+$")
 LABELS = {"background": 0, "pancreas": 1, "lesion": 2}
 CASE_TABLE_COLUMNS = ("case_id", "split", "subtype", "image", "mask")
-SPLIT_SCHEMES = ("official",)
+SPLIT_SCHEMES = ("official", "kfold")
 # What a raw dataset written by this module contains; anything else in an existing output folder
 # means it is not ours, and it is not replaced.
 _DATASET_ENTRIES = {"dataset.json", "imagesTr", "labelsTr", "imagesTs"}
@@ -77,17 +77,36 @@ def dataset_json(cases: list[QuizCase], dataset_name: str = DEFAULT_DATASET_NAME
     }
 
 
-def make_splits(cases: list[QuizCase], scheme: str = "official") -> list[dict[str, list[str]]]:
+def make_splits(cases: list[QuizCase], scheme: str = "official", k: int = 5, seed: int = 12345) -> list[dict[str, list[str]]]:
     """nnU-Net ``splits_final.json`` content for the labelled cases.
 
     ``"official"``: one fold, ``[{"train": train case ids, "val": validation case ids}]`` (sorted), so
-    fold 0 is exactly the official split. Test cases are never part of a split.
+    fold 0 is exactly the official split. ``"kfold"``: ``k`` folds over the training cases only,
+    stratified by subtype and seeded; each fold validates on its held-out training cases, and the official
+    validation cases stay out of every fold (they are kept for the final evaluation). Test cases are never
+    part of a split.
     """
     if scheme == "official":
         return [{
             "train": sorted(c.case_id for c in cases if c.split == "train"),
             "val": sorted(c.case_id for c in cases if c.split == "validation"),
         }]
+    if scheme == "kfold":
+        train = sorted((c for c in cases if c.split == "train"), key=lambda c: c.case_id)
+        if k < 2 or k > len(train):
+            raise UserInputError(f"k-fold cross-validation needs 2 <= k <= {len(train)} training cases (k={k})")
+        rng = np.random.default_rng(seed)
+        fold_of: dict[str, int] = {}
+        offset = 0
+        for subtype in sorted({c.subtype for c in train}):
+            ids = [c.case_id for c in train if c.subtype == subtype]
+            for position, index in enumerate(rng.permutation(len(ids))):
+                fold_of[ids[index]] = (position + offset) % k
+            offset += len(ids)
+        return [{
+            "train": sorted(c for c, f in fold_of.items() if f != fold),
+            "val": sorted(c for c, f in fold_of.items() if f == fold),
+        } for fold in range(k)]
     raise UserInputError(f"unknown split scheme {scheme!r}; known schemes: {', '.join(SPLIT_SCHEMES)}")
 
 
@@ -242,12 +261,17 @@ def convert_quiz_to_nnunet(
     case_table_csv: str | Path,
     dataset_name: str = DEFAULT_DATASET_NAME,
     n_workers: int = 1,
+    allow_partial: bool = False,
+    split_scheme: str = "official",
+    k: int = 5,
 ) -> dict:
     """Validate the quiz folder and convert it to an nnU-Net v2 raw dataset (see the module docstring).
 
     Raises :class:`~pancreas_mtl.errors.QuizDataError` listing every problem of the quiz folder, or
     :class:`~pancreas_mtl.errors.UserInputError` for unusable output paths; in both cases nothing is
     written. A previous conversion at ``raw_dataset_dir`` is replaced; any other existing folder is not.
+    ``allow_partial`` converts a quiz folder that has only some split/subtype folders (the real-scale
+    benchmark plans from such a sample).
 
     Returns a summary: ``{"dataset_name", "raw_dataset_dir", "cases": {split: n},
     "subtypes": {split: {"0": n, "1": n, "2": n}}, "seconds"}``.
@@ -262,7 +286,9 @@ def convert_quiz_to_nnunet(
         log.warning("raw dataset folder %s is not named after the dataset %s; nnU-Net's name-based "
                     "commands will not find it", raw_dir, dataset_name)
 
-    cases = validate_quiz_folder(quiz_dir, n_workers=n_workers)
+    if split_scheme not in SPLIT_SCHEMES:
+        raise UserInputError(f"unknown split scheme {split_scheme!r}; known schemes: {', '.join(SPLIT_SCHEMES)}")
+    cases = validate_quiz_folder(quiz_dir, n_workers=n_workers, allow_partial=allow_partial)
     _check_outputs(quiz_dir, raw_dir, [splits_json, case_table_csv])
 
     for parent in {raw_dir.parent, splits_json.parent, case_table_csv.parent}:
@@ -282,7 +308,7 @@ def convert_quiz_to_nnunet(
 
         splits_tmp, table_tmp = _partial_file(splits_json), _partial_file(case_table_csv)
         tmp_files += [splits_tmp, table_tmp]
-        _write_json(splits_tmp, make_splits(cases, "official"))
+        _write_json(splits_tmp, make_splits(cases, split_scheme, k))
         _write_case_table(table_tmp, cases)
 
         _replace_dir(tmp_dir, raw_dir)

@@ -122,8 +122,9 @@ def _nifti_entries(folder: Path) -> list[Path]:
 
 
 class _Discovery:
-    def __init__(self, quiz_dir: Path):
+    def __init__(self, quiz_dir: Path, allow_partial: bool = False):
         self.root = quiz_dir
+        self.allow_partial = allow_partial
         self.cases: list[QuizCase] = []
         self.problems: list[str] = []
         # (namespace, case number) -> {(folder relative to root, case id): file relative to root}.
@@ -148,6 +149,8 @@ class _Discovery:
     # -- train / validation -------------------------------------------------------------------
     def scan_labelled_split(self, split: str) -> None:
         split_dir = self.root / split
+        if self.allow_partial and not split_dir.is_dir():
+            return
         if not split_dir.is_dir():
             self.problem(split_dir, f"the {split}/ folder is missing (expected {split}/subtype0/, "
                                     f"{split}/subtype1/ and {split}/subtype2/)")
@@ -160,7 +163,8 @@ class _Discovery:
         n_before = len(self.cases)
         for subtype, folder in subtype_dirs.items():
             if not folder.is_dir():
-                self.problem(folder, "the subtype folder is missing")
+                if not self.allow_partial:
+                    self.problem(folder, "the subtype folder is missing")
                 continue
             self.scan_subtype_folder(split, subtype, folder)
         if len(self.cases) == n_before and not self._has_problem_under(split_dir):
@@ -271,20 +275,22 @@ class _Discovery:
                                      f"(case numbers must be unique {where})")
 
 
-def discover_quiz_cases(quiz_dir: str | Path) -> tuple[list[QuizCase], list[str]]:
+def discover_quiz_cases(quiz_dir: str | Path, allow_partial: bool = False) -> tuple[list[QuizCase], list[str]]:
     """Find the cases of a quiz folder by name and folder only (no file is opened).
 
     Returns ``(cases, problems)``: the well-formed image/mask pairs (and test images), sorted by
     split, subtype and case id, and one message per layout problem, each starting with the file or
     folder it concerns (relative to ``quiz_dir``). Hidden files and non-NIfTI files are ignored.
     When ``problems`` is not empty the cases must not be used for anything but further checks.
+    ``allow_partial`` accepts a folder with only some of the split/subtype folders (e.g. a sample of the
+    data for planning and benchmarks); every other check still applies.
     """
     root = Path(quiz_dir)
     if not root.exists():
         return [], [f"{root}: the quiz data folder does not exist"]
     if not root.is_dir():
         return [], [f"{root}: the quiz data path is not a folder"]
-    d = _Discovery(root)
+    d = _Discovery(root, allow_partial)
     for split in LABELLED_SPLITS:
         d.scan_labelled_split(split)
     d.scan_test()

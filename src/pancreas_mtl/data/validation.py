@@ -209,7 +209,7 @@ def check_case_content(case: QuizCase, quiz_dir: str | Path) -> list[str]:
     return problems
 
 
-def validate_quiz_folder(quiz_dir: str | Path, n_workers: int = 1) -> list[QuizCase]:
+def validate_quiz_folder(quiz_dir: str | Path, n_workers: int = 1, allow_partial: bool = False) -> list[QuizCase]:
     """Validate the whole quiz folder; return its cases or raise :class:`QuizDataError` with every problem.
 
     Layout problems (names, folders, pairs, duplicates, missing/empty folders) and content problems
@@ -219,7 +219,7 @@ def validate_quiz_folder(quiz_dir: str | Path, n_workers: int = 1) -> list[QuizC
     """
     t0 = time.perf_counter()
     root = Path(quiz_dir)
-    cases, problems = discover_quiz_cases(root)
+    cases, problems = discover_quiz_cases(root, allow_partial=allow_partial)
     n = len(cases)
     log.info("validating %d case(s) in %s with %d worker(s)", n, root, max(1, n_workers))
     step = max(1, n // 10)

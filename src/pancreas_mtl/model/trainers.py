@@ -38,6 +38,8 @@ CHECKPOINT_FILES = {
     "best_combined": "checkpoint_best_combined.pth",
     "best_f1": "checkpoint_best_f1.pth",
 }
+# Which checkpoint keeps the best value of each selection score.
+SCORE_CHECKPOINTS = {"combined": CHECKPOINT_FILES["best_combined"], "macro_f1": CHECKPOINT_FILES["best_f1"]}
 FULL_VALIDATION_HISTORY = "full_validation_history.json"
 
 
@@ -237,7 +239,7 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
         if metrics is not None:
             for score in self.checkpoint_selector.update(metrics):
                 self.print_to_log_file(f"new best {score}: {metrics[score]:.4f} (epoch {self.current_epoch})")
-                self.save_checkpoint(join(self.output_folder, CHECKPOINT_FILES[f"best_{score}"]))
+                self.save_checkpoint(join(self.output_folder, SCORE_CHECKPOINTS[score]))
         super().on_epoch_end()
 
     def load_checkpoint(self, filename_or_checkpoint):

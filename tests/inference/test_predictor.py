@@ -1,0 +1,91 @@
+"""The optimized predictor on the smoke workflow's trained multi-task model."""
+
+import json
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+import torch
+
+from pancreas_mtl.inference.predictor import MultiTaskPredictor
+from pancreas_mtl.inference.run import InferenceSettings, build_predictor, predict_images
+
+pytestmark = pytest.mark.slow
+
+MODEL = "results/nnunet/trained/Dataset501_PancreasQuiz/nnUNetTrainerPancreasMultiTask__nnUNetResEncUNetMPlans__3d_cpu_demo"
+
+
+def assert_same_geometry(prediction: Path, image: Path):
+    a, b = nib.load(prediction), nib.load(image)
+    assert a.shape == b.shape[:3], (prediction, a.shape, b.shape)
+    assert np.allclose(a.affine, b.affine, atol=1e-5), (prediction, a.affine, b.affine)
+    assert nib.aff2axcodes(a.affine) == nib.aff2axcodes(b.affine)
+    sa, sb = sitk.ReadImage(str(prediction)), sitk.ReadImage(str(image))
+    assert sa.GetSize() == sb.GetSize()
+    assert np.allclose(sa.GetSpacing(), sb.GetSpacing(), atol=1e-6)
+    assert np.allclose(sa.GetOrigin(), sb.GetOrigin(), atol=1e-4)
+    assert np.allclose(sa.GetDirection(), sb.GetDirection(), atol=1e-6)
+    assert set(np.unique(np.asarray(a.dataobj))) <= {0, 1, 2}
+
+
+def test_predictions_have_exactly_the_input_geometry(smoke_workflow):
+    cases = pd.read_csv(smoke_workflow / "results" / "dataset" / "case_table.csv", dtype=str)
+    raw = smoke_workflow / "results" / "nnunet" / "raw" / "Dataset501_PancreasQuiz"
+    for split in ["validation", "test"]:
+        rows = cases[cases["split"] == split]
+        assert len(rows) > 0
+        for case_id, image in zip(rows["case_id"], rows["image"]):
+            assert_same_geometry(smoke_workflow / "results" / "predictions" / split / f"{case_id}.nii.gz", raw / image)
+
+
+def test_submission_files(smoke_workflow):
+    results = smoke_workflow / "results"
+    test_ids = sorted(p.name[: -len("_0000.nii.gz")] for p in (results / "nnunet" / "raw" / "Dataset501_PancreasQuiz" / "imagesTs").glob("*.nii.gz"))
+    lines = (results / "subtype_results.csv").read_text().splitlines()
+    assert lines[0] == "Names,Subtype"
+    assert [line.split(",")[0] for line in lines[1:]] == [f"{c}.nii.gz" for c in test_ids]
+    assert all(line.split(",")[1] in {"0", "1", "2"} for line in lines[1:])
+    probabilities = pd.read_csv(results / "subtype_probabilities.csv")
+    assert np.allclose(probabilities[["prob_0", "prob_1", "prob_2"]].sum(axis=1), 1.0, atol=1e-5)
+    with zipfile.ZipFile(results / "submission.zip") as archive:
+        assert sorted(archive.namelist()) == sorted(["subtype_results.csv", *[f"{c}.nii.gz" for c in test_ids]])
+
+
+def test_with_the_baseline_settings_the_optimized_path_gives_stock_nnunets_masks(smoke_workflow):
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    folder = str(smoke_workflow / MODEL)
+    cpu = torch.device("cpu")
+    stock = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True, device=cpu, allow_tqdm=False)
+    stock.initialize_from_trained_model_folder(folder, (0,), "checkpoint_final.pth")
+    ours = MultiTaskPredictor(tile_step_size=0.5, use_gaussian=True, mirror_axes=None, device=cpu)
+    ours.initialize_from_trained_model_folder(folder, (0,), "checkpoint_final.pth")
+    assert ours.allowed_mirroring_axes == stock.allowed_mirroring_axes and len(ours._mirror_combinations()) == 8
+
+    preprocessor = stock.configuration_manager.preprocessor_class(verbose=False)
+    raw = smoke_workflow / "results" / "nnunet" / "raw" / "Dataset501_PancreasQuiz"
+    for image in sorted((raw / "imagesTs").glob("*.nii.gz")):
+        data, _, _ = preprocessor.run_case(
+            [str(image)], None, stock.plans_manager, stock.configuration_manager, stock.dataset_json
+        )
+        data = torch.from_numpy(data).float()
+        expected = stock.predict_logits_from_preprocessed_data(data)
+        actual = ours.predict_logits_from_preprocessed_data(data)
+        assert torch.equal(actual.argmax(0), expected.argmax(0)), image.name
+        assert torch.allclose(actual.float(), expected.float(), atol=1e-3)
+        assert ours.last_class_probabilities.shape == (3,)
+
+
+def test_optimized_predictions_on_real_ct_keep_the_real_geometry(smoke_workflow, real_sample_dir, tmp_path):
+    """Real files (LPS, int16/int32/float64, 1.5-5 mm slices) through the demo model: exact input geometry back."""
+    images = sorted((real_sample_dir / "test").glob("quiz_*_0000.nii.gz"))[:2]
+    settings = InferenceSettings(tile_step_size=1.0, mirror_axes=(), device="cpu", preprocessing_workers=1, export_workers=1)
+    predictor = build_predictor(smoke_workflow / MODEL, [0], "checkpoint_final.pth", settings)
+    table = predict_images(predictor, images, tmp_path / "out", settings)
+    assert list(table["case_id"]) == [i.name[: -len("_0000.nii.gz")] for i in images]
+    for image in images:
+        assert_same_geometry(tmp_path / "out" / image.name.replace("_0000.nii.gz", ".nii.gz"), image)

@@ -1,0 +1,172 @@
+"""The SLURM profile: its YAML, and (opt-in) a real run through snakemake-executor-plugin-slurm.
+
+* ``test_profiles_parse`` / ``test_set_resources_names_workflow_rules``: always run (no SLURM needed).
+* ``test_slurm_run_trains_stage1``: only with ``PANCREAS_MTL_SLURM_TEST=1`` (CI sets it; root on a Debian
+  machine). It starts a single-node SLURM (``.ci/slurm/start.sh``), runs the smoke workflow up to the
+  stage-1 checkpoint with ``--profile profiles/slurm`` and the real plugin, and always stops the cluster
+  (``.ci/slurm/stop.sh``). The command-line overrides are what *this* test cluster needs and are documented
+  in profiles/README.md: no slurmdbd (squeue status), its partition, no account, no GPUs.
+"""
+
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.workflow_helpers import REPO, copy_workflow, run_snakemake, snakemake_output
+
+PROFILES = REPO / "profiles"
+# Rules the SLURM profile configures before the workflow defines them (harmless: Snakemake ignores
+# set-resources for unknown rules). Remove a name here once its rule lands, or drop it from the profile.
+FUTURE_RULES = {"predict_baseline", "predict_optimized", "predict_test"}
+
+SLURM_ENV = "PANCREAS_MTL_SLURM_TEST"
+STATE_DIR = Path(os.environ.get("PANCREAS_MTL_SLURM_DIR", "/tmp/pancreas-mtl-slurm"))
+PARTITION = os.environ.get("PANCREAS_MTL_SLURM_PARTITION", "ci")
+STAGE1_TRAINER = "nnUNetTrainerPancreasSeg"
+STAGE1_CHECKPOINT = (
+    "results/nnunet/trained/Dataset501_PancreasQuiz/"
+    f"{STAGE1_TRAINER}__nnUNetResEncUNetMPlans__3d_cpu_demo/fold_0/checkpoint_final.pth"
+)
+RUN_TIMEOUT_S = 540  # the workflow run; the whole test (start, run, stop) stays under 10 minutes
+
+
+def load_profile(name: str) -> dict:
+    data = yaml.safe_load((PROFILES / name / "config.yaml").read_text())
+    assert isinstance(data, dict), f"profiles/{name}/config.yaml is not a mapping"
+    return data
+
+
+def workflow_rule_names() -> set[str]:
+    names = set()
+    for smk in [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]:
+        names |= set(re.findall(r"^(?:rule|checkpoint)\s+(\w+)\s*:", smk.read_text(), flags=re.M))
+    return names
+
+
+def test_profiles_parse():
+    default = load_profile("default")
+    # the default profile is loaded with every run (also beside --profile profiles/slurm): keep it neutral
+    assert not {"executor", "cores", "jobs", "default-resources", "set-resources"} & set(default), default
+    slurm = load_profile("slurm")
+    assert slurm["executor"] == "slurm"
+    assert {"slurm_partition", "slurm_account", "runtime", "mem_mb"} <= set(slurm["default-resources"])
+    for rule, resources in slurm["set-resources"].items():
+        assert isinstance(resources, dict) and resources, f"set-resources.{rule} must be a non-empty mapping"
+        assert not ({"gres"} & set(resources) and {"gpu", "gpu_model"} & set(resources)), (
+            f"set-resources.{rule}: the plugin takes gres OR gpu/gpu_model, not both"
+        )
+
+
+def test_set_resources_names_workflow_rules():
+    rules = workflow_rule_names()
+    assert {"train_stage1", "train_stage2"} <= rules, rules
+    unknown = set(load_profile("slurm")["set-resources"]) - rules - FUTURE_RULES
+    assert not unknown, f"profiles/slurm sets resources for rules the workflow does not define: {unknown}"
+    landed = FUTURE_RULES & rules
+    assert not landed, f"remove {landed} from FUTURE_RULES in {Path(__file__).name}: they exist now"
+
+
+# ---- opt-in: a real SLURM cluster on this machine -------------------------------------------------------
+
+slurm_only = pytest.mark.skipif(
+    os.environ.get(SLURM_ENV) != "1", reason=f"set {SLURM_ENV}=1 to run the SLURM test (root, Debian, apt)"
+)
+
+
+def _script(name: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(REPO / ".ci" / "slurm" / name), str(STATE_DIR)],
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    started = time.monotonic()
+    start = _script("start.sh")
+    try:
+        if start.returncode != 0:
+            pytest.fail(f"start.sh failed:\n{start.stdout}\n{start.stderr}")
+        print(f"\nSLURM test cluster up in {time.monotonic() - started:.1f} s")
+        yield STATE_DIR / "etc" / "slurm.conf"
+    finally:
+        stop = _script("stop.sh")
+        print(f"SLURM test cluster: start to stop {time.monotonic() - started:.1f} s\n{stop.stdout}{stop.stderr}")
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+
+
+def slurm_overrides(profile: dict) -> list[str]:
+    """Command-line options that adapt profiles/slurm to the test cluster (a list given on the command line
+    replaces the profile's list, so every GPU rule of the profile is repeated here)."""
+    set_resources = []
+    for rule in profile["set-resources"]:
+        set_resources += [f"{rule}:slurm_partition={PARTITION}", f"{rule}:gpu=0"]
+    return [
+        # no slurmdbd: sacct fails, so poll with squeue (the cluster keeps finished jobs 300 s: MinJobAge)
+        "--slurm-status-command", "squeue",
+        "--slurm-init-seconds-before-status-checks", "5",
+        # keep each job's SLURM log, the evidence that it ran through SLURM
+        "--slurm-keep-successful-logs",
+        # the test partition, no account (the plugin's guess fails without accounting: submits without)
+        "--default-resources", f"slurm_partition={PARTITION}", "runtime=30", "mem_mb=2000",
+        # no GPUs on this machine
+        "--set-resources", *set_resources,
+        "--jobs", "2",
+        "--latency-wait", "10",
+    ]
+
+
+@slurm_only
+def test_slurm_run_trains_stage1(slurm_cluster, tmp_path):
+    workdir = copy_workflow(tmp_path / "workflow")
+    profile = load_profile("slurm")
+    # software deployment: the profile sets none, so each job runs this venv's python (run_snakemake puts
+    # its bin first on PATH and sbatch exports the environment); nothing to override.
+    assert "software-deployment-method" not in profile and "sdm" not in profile
+    os.environ["SLURM_CONF"] = str(slurm_cluster)  # the head process's sbatch/squeue (also the default path)
+    started = time.monotonic()
+    result = run_snakemake(
+        workdir,
+        "--profile", "profiles/slurm",
+        "--configfile", ".test/config_smoke.yaml",
+        *slurm_overrides(profile),
+        STAGE1_CHECKPOINT,
+        timeout=RUN_TIMEOUT_S,
+    )
+    elapsed = time.monotonic() - started
+    out = snakemake_output(result)
+    print(f"SLURM workflow run: {elapsed:.1f} s")
+    assert result.returncode == 0, out[-8000:]
+
+    # every job went through sbatch: the plugin's log line with the SLURM job id, and one SLURM log per job
+    submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+)", out)
+    rules = ["make_synthetic_quiz", "convert_quiz_to_nnunet", "plan_and_preprocess", "train_stage1"]
+    assert len(submitted) == len(rules), out[-8000:]
+    slurm_logs = workdir / ".snakemake" / "slurm_logs"
+    for rule in rules:
+        logs = list((slurm_logs / f"rule_{rule}").rglob("*.log"))
+        assert logs, f"no SLURM log for {rule} under {slurm_logs}"
+        assert logs[0].stem in submitted
+    job_ids = ",".join(submitted)
+    states = subprocess.run(
+        ["squeue", "--states=all", "--noheader", "--format=%i|%T|%P", "--jobs", job_ids],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert states.returncode == 0, states.stderr
+    rows = [line.split("|") for line in states.stdout.split()]
+    assert sorted(r[0] for r in rows) == sorted(submitted), states.stdout
+    assert all(state == "COMPLETED" and part == PARTITION for _, state, part in rows), states.stdout
+
+    # the same outputs as a local run
+    checkpoint = torch.load(workdir / STAGE1_CHECKPOINT, map_location="cpu", weights_only=False)
+    assert checkpoint["trainer_name"] == STAGE1_TRAINER
+    epochs = yaml.safe_load((workdir / ".test" / "config_smoke.yaml").read_text())["training"]["stage1"]["num_epochs"]
+    assert checkpoint["current_epoch"] == epochs
+    assert (workdir / "logs" / "train_stage1_fold0.log").stat().st_size > 0
+    assert elapsed < RUN_TIMEOUT_S

@@ -1,0 +1,27 @@
+rule evaluate_validation:
+    input:
+        predictions="results/predictions/validation",
+        case_table="results/dataset/case_table.csv",
+        raw_dataset=RAW_DATASET,
+    output:
+        summary="results/metrics/summary.json",
+        per_case="results/metrics/segmentation_per_case.csv",
+        segmentation="results/metrics/segmentation_summary.json",
+        classification="results/metrics/classification.json",
+    log:
+        "logs/evaluate_validation.log",
+    benchmark:
+        "benchmarks/evaluate_validation.tsv"
+    conda:
+        "../../envs/evaluation.yaml"
+    params:
+        nsd_tolerance_mm=config["evaluation"]["nsd_tolerance_mm"],
+        extra={
+            "checkpoint": INFERENCE_CHECKPOINT,
+            "folds": FOLDS,
+            "head": config["training"]["head"],
+            "configuration": config["nnunet"]["configuration"],
+            "inference": config["inference"],
+        },
+    script:
+        "../scripts/evaluate_predictions.py"

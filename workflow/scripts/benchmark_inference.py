@@ -1,0 +1,31 @@
+from pathlib import Path
+
+import pandas as pd
+
+from pancreas_mtl.inference.benchmark import run_benchmark
+from pancreas_mtl.inference.run import InferenceSettings
+from pancreas_mtl.script_logging import run_logged
+
+
+def main():
+    params = snakemake.params
+    cases = pd.read_csv(snakemake.input.case_table, dtype=str)
+    cases = cases[cases["split"] == params.benchmark["split"]]
+    if params.benchmark["max_cases"]:
+        cases = cases.head(params.benchmark["max_cases"])
+    images = [Path(snakemake.input.raw_dataset) / image for image in cases["image"]]
+    run_benchmark(
+        Path(snakemake.input.models[0]).parents[1],
+        params.folds,
+        params.checkpoint,
+        images,
+        Path(snakemake.output.summary).parent,
+        InferenceSettings.from_config(params.inference),
+        repeats=params.benchmark["repeats"],
+        setting="demo",
+        note=f"trained model ({params.checkpoint}), {params.benchmark['split']} cases",
+    )
+
+
+if __name__ == "__main__":
+    run_logged(main, snakemake.log[0])

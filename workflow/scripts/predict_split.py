@@ -1,0 +1,26 @@
+from pathlib import Path
+
+import pandas as pd
+
+from pancreas_mtl.inference.run import InferenceSettings, build_predictor, predict_images
+from pancreas_mtl.script_logging import run_logged
+
+
+def main():
+    params = snakemake.params
+    cases = pd.read_csv(snakemake.input.case_table, dtype=str)
+    images = [
+        Path(snakemake.input.raw_dataset) / image
+        for image in cases.loc[cases["split"] == snakemake.wildcards.split, "image"]
+    ]
+    settings = InferenceSettings.from_config(params.inference)
+    model_folder = Path(snakemake.input.models[0]).parents[1]
+    predictor = build_predictor(model_folder, params.folds, params.checkpoint, settings)
+    out_dir = Path(snakemake.output.predictions)
+    table = predict_images(predictor, images, out_dir, settings)
+    table.to_csv(out_dir / "class_probabilities.csv", index=False)
+
+
+# nnU-Net's preprocessing and export workers are spawned processes that import this file again.
+if __name__ == "__main__":
+    run_logged(main, snakemake.log[0])
