@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import resource
-import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from pancreas_mtl.inference.run import InferenceSettings, build_predictor, case_id_of_image, predict_images
+from pancreas_mtl.nnunet.environment import register_trainers, run_command
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ def run_path(path: str, model_folder: Path, folds: list[int], checkpoint_name: s
     """One benchmark path, in this process. Writes masks (and class probabilities) under out_dir/path."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+    register_trainers()
     device = settings.torch_device()
     masks_dir = out_dir / path
     result: dict = {"path": path, "cases": [case_id_of_image(i) for i in images], "repeats": repeats}
@@ -200,8 +202,8 @@ def run_benchmark(model_folder: str | Path, folds: list[int], checkpoint_name: s
         result_file = out_dir / f"{path}_result.json"
         spec_file.write_text(json.dumps(spec, indent=2))
         log.info("benchmark path %s on %d case(s), %d timed repeat(s)", path, len(images), repeats)
-        subprocess.run([sys.executable, "-m", "pancreas_mtl.inference.benchmark", str(spec_file), str(result_file)],
-                       check=True)
+        run_command([sys.executable, "-m", "pancreas_mtl.inference.benchmark", str(spec_file), str(result_file)],
+                    dict(os.environ), f"benchmark {path}")
         results[path] = json.loads(result_file.read_text())
         log.info("  %s: %.2f s", path, results[path]["seconds_total"])
 

@@ -8,8 +8,12 @@ A subclass of :class:`nnunetv2.inference.predict_from_raw_data.nnUNetPredictor`,
 - ``predict_logits_from_preprocessed_data``: folds are averaged for both heads, and a single fold's weights are
   not reloaded for every case (the model stays resident);
 - ``predict_from_data_iterator``: records which case is being predicted, so class probabilities can be written
-  next to the masks. Preprocessing of the next case and export of the last one already overlap with compute in
-  nnU-Net's own loop (background preprocessing workers and an export pool), which is kept as it is.
+  next to the masks (nnU-Net's own loop, with its background preprocessing and export, is kept as it is).
+
+:meth:`MultiTaskPredictor.predict_files` is the serving loop the workflow uses: like nnU-Net's, preprocessing of
+the next cases and export of the last ones run in background processes while the model computes, but the worker
+processes are started once and stay up with the model for every later call (nnU-Net starts fresh ones per call,
+seconds of interpreter and torch start-up each time on a CPU).
 
 Mirroring, tile step and tile batch size are constructor arguments (the workflow sets them from the config).
 With nnU-Net's defaults (step 0.5, Gaussian, all mirror axes, one tile per batch) it computes the same
@@ -19,17 +23,27 @@ segmentation as the stock predictor.
 from __future__ import annotations
 
 import itertools
+import multiprocessing
+from pathlib import Path
 from queue import Queue
 from threading import Thread
 
 import numpy as np
 import torch
+from nnunetv2.inference.export_prediction import export_prediction_from_logits
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from nnunetv2.utilities.helpers import empty_cache
 from torch._dynamo import OptimizedModule
 
 from pancreas_mtl.model.sliding_window import LESION_LABEL, roi_weighted_class_probabilities
+
+
+def _preprocess_case(image: str, plans_manager, configuration_manager, dataset_json) -> tuple[np.ndarray, dict]:
+    """nnU-Net's preprocessing of one image, run in a worker process."""
+    preprocessor = configuration_manager.preprocessor_class(verbose=False)
+    data, _, properties = preprocessor.run_case([image], None, plans_manager, configuration_manager, dataset_json)
+    return np.ascontiguousarray(data, dtype=np.float32), properties
 
 
 class MultiTaskPredictor(nnUNetPredictor):
@@ -59,6 +73,7 @@ class MultiTaskPredictor(nnUNetPredictor):
         self._current_case: str | None = None
         self._fold_class_probabilities: list[torch.Tensor] = []
         self._loaded_parameters_index: int | None = None
+        self._pools: dict[str, multiprocessing.pool.Pool] = {}
 
     # ------------------------------------------------------------------ set-up
     def initialize_from_trained_model_folder(self, model_training_output_dir, use_folds, checkpoint_name="checkpoint_final.pth"):
@@ -86,6 +101,43 @@ class MultiTaskPredictor(nnUNetPredictor):
                 f"{type(self._plain_network()).__name__} has no classification head: the multi-task predictor needs a "
                 "model trained with nnUNetTrainerPancreasMultiTask*"
             )
+
+    # ------------------------------------------------------------------ the serving loop
+    def _pool(self, name: str, processes: int):
+        if name not in self._pools:
+            self._pools[name] = multiprocessing.get_context("spawn").Pool(max(1, processes))
+        return self._pools[name]
+
+    def close(self) -> None:
+        """Stop the background workers (they are otherwise kept for the next call)."""
+        for pool in self._pools.values():
+            pool.terminate()
+            pool.join()
+        self._pools.clear()
+
+    def predict_files(self, images: list[str], output_files_truncated: list[str],
+                      preprocessing_workers: int = 2, export_workers: int = 2) -> None:
+        """Predict images into ``{output}.nii.gz`` masks; class probabilities go to ``self.class_probabilities``.
+
+        Preprocessing runs ahead in resident worker processes, the model computes case after case in this
+        process, and each mask is resampled and written by a resident export worker while the next case computes.
+        """
+        preprocess = self._pool("preprocess", preprocessing_workers)
+        export = self._pool("export", export_workers)
+        pending = [
+            preprocess.apply_async(_preprocess_case, (str(image), self.plans_manager, self.configuration_manager,
+                                                      self.dataset_json))
+            for image in images
+        ]
+        exports = []
+        for job, ofile in zip(pending, output_files_truncated):
+            data, properties = job.get()
+            self._current_case = Path(ofile).name
+            logits = self.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu().numpy()
+            exports.append(export.apply_async(export_prediction_from_logits, (
+                logits, properties, self.configuration_manager, self.plans_manager, self.dataset_json, ofile, False)))
+        for job in exports:
+            job.get()
 
     def _plain_network(self) -> torch.nn.Module:
         return self.network._orig_mod if isinstance(self.network, OptimizedModule) else self.network

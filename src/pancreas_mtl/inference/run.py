@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from pancreas_mtl.inference.predictor import MultiTaskPredictor
+from pancreas_mtl.nnunet.environment import register_trainers
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def build_predictor(
     model_folder: str | Path, folds: list[int], checkpoint_name: str, settings: InferenceSettings
 ) -> MultiTaskPredictor:
     """Load the trained multi-task model once (it stays resident for every case predicted with it)."""
+    register_trainers()
     device = settings.torch_device()
     if device.type == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -76,13 +78,11 @@ def predict_images(
     case_ids = [case_id_of_image(image) for image in images]
     predictor.class_probabilities.clear()
     start = time.perf_counter()
-    predictor.predict_from_files(
-        [[str(image)] for image in images],
+    predictor.predict_files(
+        [str(image) for image in images],
         [str(output_dir / case_id) for case_id in case_ids],
-        save_probabilities=False,
-        overwrite=True,
-        num_processes_preprocessing=settings.preprocessing_workers,
-        num_processes_segmentation_export=settings.export_workers,
+        preprocessing_workers=settings.preprocessing_workers,
+        export_workers=settings.export_workers,
     )
     log.info("predicted %d case(s) in %.1f s", len(images), time.perf_counter() - start)
     missing = [c for c in case_ids if c not in predictor.class_probabilities]

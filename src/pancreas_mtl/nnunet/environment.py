@@ -45,6 +45,13 @@ class NnunetFolders:
         return env
 
 
+def register_trainers() -> None:
+    """Let nnU-Net in this process find our trainers by name (prediction resolves checkpoint['trainer_name'])."""
+    folders = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
+    if str(TRAINER_DIR) not in folders:
+        os.environ["nnUNet_extTrainer"] = os.pathsep.join([str(TRAINER_DIR), *folders])
+
+
 def dataset_folder_name(dataset_id: int, name: str) -> str:
     return f"Dataset{int(dataset_id):03d}_{name}"
 
@@ -62,7 +69,13 @@ def nnunet_executable(name: str) -> str:
 
 def run_nnunet_command(args: list[str], env: dict[str, str], what: str) -> None:
     """Run an nnU-Net CLI, streaming its output into our log; a failure names the command."""
-    args = [nnunet_executable(args[0]), *args[1:]]
+    run_command([nnunet_executable(args[0]), *args[1:]], env, what)
+
+
+def run_command(args: list[str], env: dict[str, str] | None, what: str) -> None:
+    """Run a command, streaming its output line by line into our log; a failure names the command."""
+    if env is not None:
+        env = {**env, "PYTHONUNBUFFERED": "1"}
     log.info("running: %s", " ".join(args))
     proc = subprocess.Popen(
         args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
