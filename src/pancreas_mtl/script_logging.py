@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -30,8 +31,10 @@ def setup_logging(log_path: str | Path | None) -> None:
 def run_logged(main: Callable[[], None], log_path: str | Path | None) -> None:
     setup_logging(log_path)
     log = logging.getLogger("pancreas_mtl")
+    start = time.perf_counter()
     try:
         main()
+        log.info("done in %.1f s", time.perf_counter() - start)
     except UserInputError as err:
         log.error("%s", err.render())
         sys.exit(1)

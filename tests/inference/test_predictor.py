@@ -1,6 +1,5 @@
 """The optimized predictor on the smoke workflow's trained multi-task model."""
 
-import json
 import zipfile
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 
 from pancreas_mtl.inference.predictor import MultiTaskPredictor
 from pancreas_mtl.inference.run import InferenceSettings, build_predictor, predict_images
+from pancreas_mtl.nnunet.environment import register_trainers
 
 pytestmark = pytest.mark.slow
 
@@ -58,6 +58,7 @@ def test_submission_files(smoke_workflow):
 def test_with_the_baseline_settings_the_optimized_path_gives_stock_nnunets_masks(smoke_workflow):
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+    register_trainers()  # what nnUNet_extTrainer does for nnUNetv2_predict
     folder = str(smoke_workflow / MODEL)
     cpu = torch.device("cpu")
     stock = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True, device=cpu, allow_tqdm=False)
@@ -89,3 +90,25 @@ def test_optimized_predictions_on_real_ct_keep_the_real_geometry(smoke_workflow,
     assert list(table["case_id"]) == [i.name[: -len("_0000.nii.gz")] for i in images]
     for image in images:
         assert_same_geometry(tmp_path / "out" / image.name.replace("_0000.nii.gz", ".nii.gz"), image)
+
+
+def test_two_folds_are_ensembled_for_both_heads(smoke_workflow):
+    folder = str(smoke_workflow / MODEL)
+    cpu = torch.device("cpu")
+    predictors = {}
+    for folds in [(0,), (1,), (0, 1)]:
+        predictors[folds] = MultiTaskPredictor(tile_step_size=0.5, mirror_axes=(), device=cpu)
+        predictors[folds].initialize_from_trained_model_folder(folder, folds, "checkpoint_best_combined.pth")
+    image = sorted((smoke_workflow / "results" / "nnunet" / "raw" / "Dataset501_PancreasQuiz" / "imagesTs").glob("*.nii.gz"))[0]
+    stock = predictors[(0,)]
+    data, _, _ = stock.configuration_manager.preprocessor_class(verbose=False).run_case(
+        [str(image)], None, stock.plans_manager, stock.configuration_manager, stock.dataset_json
+    )
+    data = torch.from_numpy(data).float()
+    logits, probabilities = {}, {}
+    for folds, predictor in predictors.items():
+        logits[folds] = predictor.predict_logits_from_preprocessed_data(data).float()
+        probabilities[folds] = predictor.last_class_probabilities
+    assert not torch.allclose(logits[(0,)], logits[(1,)])  # two different models
+    assert torch.allclose(logits[(0, 1)], (logits[(0,)] + logits[(1,)]) / 2, atol=2e-3)
+    assert np.allclose(probabilities[(0, 1)], (probabilities[(0,)] + probabilities[(1,)]) / 2, atol=1e-5)

@@ -34,27 +34,30 @@ def test_killed_training_resumes_from_its_latest_checkpoint(tmp_path):
     config["training"]["stage1"].update(num_epochs=EPOCHS, iterations_per_epoch=3, checkpoint_every=1)
     (workdir / "resume.yaml").write_text(yaml.safe_dump(config))
     target = f"{STAGE1}/checkpoint_final.pth"
-    args = ["--cores", "2", "--configfile", "resume.yaml"]
+    args = ["--cores", "2", "--configfile", "resume.yaml"]  # after the target: --configfile takes several values
 
+    first_output = open(tmp_path / "first_run.log", "w")
     first = subprocess.Popen(
-        [*snakemake_cli(), *args, target], cwd=workdir, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [*snakemake_cli(), target, *args], cwd=workdir, start_new_session=True,
+        stdout=first_output, stderr=subprocess.STDOUT,
     )
     latest = workdir / STAGE1 / "checkpoint_latest.pth"
     deadline = time.monotonic() + 600
     try:
         while saved_epoch(latest) < 2:
-            assert first.poll() is None, "the workflow ended before it could be interrupted"
+            assert first.poll() is None, (tmp_path / "first_run.log").read_text()[-4000:]
             assert time.monotonic() < deadline, "no checkpoint_latest.pth after 10 minutes"
             time.sleep(1)
     finally:
-        os.killpg(first.pid, signal.SIGTERM)  # what Ctrl-C / a scheduler's kill does to the whole job
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGTERM)  # what Ctrl-C / a scheduler's kill does to the whole job
         first.wait(timeout=120)
+        first_output.close()
     interrupted_at = saved_epoch(latest)
     assert not (workdir / target).exists()
     assert 2 <= interrupted_at < EPOCHS
 
-    second = run_snakemake(workdir, *args, "--rerun-incomplete", target, timeout=900)
+    second = run_snakemake(workdir, target, *args, "--rerun-incomplete", timeout=900)
     assert second.returncode == 0, snakemake_output(second)[-4000:]
     log = (workdir / "logs" / "train_stage1_fold0.log").read_text()
     resumed = re.search(r"resumed at epoch (\d+)", log)

@@ -23,7 +23,7 @@ from tests.workflow_helpers import REPO, copy_workflow, run_snakemake, snakemake
 PROFILES = REPO / "profiles"
 # Rules the SLURM profile configures before the workflow defines them (harmless: Snakemake ignores
 # set-resources for unknown rules). Remove a name here once its rule lands, or drop it from the profile.
-FUTURE_RULES = {"predict_baseline", "predict_optimized", "predict_test"}
+FUTURE_RULES: set[str] = set()
 
 SLURM_ENV = "PANCREAS_MTL_SLURM_TEST"
 STATE_DIR = Path(os.environ.get("PANCREAS_MTL_SLURM_DIR", "/tmp/pancreas-mtl-slurm"))
@@ -123,13 +123,15 @@ def slurm_overrides(profile: dict) -> list[str]:
 
 
 @slurm_only
-def test_slurm_run_trains_stage1(slurm_cluster, tmp_path):
+@pytest.mark.slow
+def test_slurm_run_trains_stage1(slurm_cluster, tmp_path, monkeypatch):
     workdir = copy_workflow(tmp_path / "workflow")
     profile = load_profile("slurm")
     # software deployment: the profile sets none, so each job runs this venv's python (run_snakemake puts
     # its bin first on PATH and sbatch exports the environment); nothing to override.
     assert "software-deployment-method" not in profile and "sdm" not in profile
-    os.environ["SLURM_CONF"] = str(slurm_cluster)  # the head process's sbatch/squeue (also the default path)
+    # the head process's sbatch/squeue find the cluster here (start.sh also links the default path to it)
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster))
     started = time.monotonic()
     result = run_snakemake(
         workdir,
@@ -144,24 +146,26 @@ def test_slurm_run_trains_stage1(slurm_cluster, tmp_path):
     print(f"SLURM workflow run: {elapsed:.1f} s")
     assert result.returncode == 0, out[-8000:]
 
-    # every job went through sbatch: the plugin's log line with the SLURM job id, and one SLURM log per job
+    # every job went through sbatch: the plugin logged its SLURM job id, and the job's SLURM log (kept by
+    # --slurm-keep-successful-logs) holds the Snakemake run of that rule inside the allocation
     submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+)", out)
     rules = ["make_synthetic_quiz", "convert_quiz_to_nnunet", "plan_and_preprocess", "train_stage1"]
-    assert len(submitted) == len(rules), out[-8000:]
+    assert len(submitted) >= len(rules), out[-8000:]
     slurm_logs = workdir / ".snakemake" / "slurm_logs"
     for rule in rules:
-        logs = list((slurm_logs / f"rule_{rule}").rglob("*.log"))
-        assert logs, f"no SLURM log for {rule} under {slurm_logs}"
-        assert logs[0].stem in submitted
-    job_ids = ",".join(submitted)
-    states = subprocess.run(
-        ["squeue", "--states=all", "--noheader", "--format=%i|%T|%P", "--jobs", job_ids],
+        logs = sorted((slurm_logs / f"rule_{rule}").rglob("*.log"))
+        assert logs, f"no SLURM log for {rule} under {slurm_logs}:\n{out[-4000:]}"
+        assert {log.stem for log in logs} <= set(submitted), (rule, logs, submitted)
+        text = logs[-1].read_text()
+        assert f"rule {rule}:" in text and "--executor slurm-jobstep" in text, text[-3000:]
+    # the controller's own record of the last job (finished ones stay listed for MinJobAge = 300 s)
+    last = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: \S+rule_train_stage1/", out)
+    assert last, out[-4000:]
+    state = subprocess.run(
+        ["squeue", "--states=all", "--noheader", "--format=%i|%T|%P", "--jobs", last[-1]],
         capture_output=True, text=True, timeout=30,
     )
-    assert states.returncode == 0, states.stderr
-    rows = [line.split("|") for line in states.stdout.split()]
-    assert sorted(r[0] for r in rows) == sorted(submitted), states.stdout
-    assert all(state == "COMPLETED" and part == PARTITION for _, state, part in rows), states.stdout
+    assert state.stdout.split() == [f"{last[-1]}|COMPLETED|{PARTITION}"], state.stdout + state.stderr
 
     # the same outputs as a local run
     checkpoint = torch.load(workdir / STAGE1_CHECKPOINT, map_location="cpu", weights_only=False)

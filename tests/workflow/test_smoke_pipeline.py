@@ -5,9 +5,12 @@ import re
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
+
+from tests.workflow_helpers import run_snakemake, snakemake_output
 
 pytestmark = pytest.mark.slow
 
@@ -19,27 +22,30 @@ def smoke_config(workdir):
     return yaml.safe_load((workdir / ".test" / "config_smoke.yaml").read_text())
 
 
-def fold_folder(workdir, trainer):
-    return workdir / "results" / "nnunet" / "trained" / DATASET / f"{trainer}__{PLANS}__3d_cpu_demo" / "fold_0"
+def fold_folder(workdir, trainer, fold=0):
+    return workdir / "results" / "nnunet" / "trained" / DATASET / f"{trainer}__{PLANS}__3d_cpu_demo" / f"fold_{fold}"
 
 
 def test_every_rule_wrote_its_log_and_benchmark(smoke_workflow):
-    for rule in ["make_synthetic_quiz", "convert_quiz_to_nnunet", "plan_and_preprocess"]:
-        assert (smoke_workflow / "logs" / f"{rule}.log").stat().st_size > 0
-        assert (smoke_workflow / "benchmarks" / f"{rule}.tsv").is_file()
-    for stage in ["stage1", "stage2"]:
-        assert (smoke_workflow / "logs" / f"train_{stage}_fold0.log").stat().st_size > 0
-        assert (smoke_workflow / "benchmarks" / f"train_{stage}_fold0.tsv").is_file()
+    jobs = ["make_synthetic_quiz", "convert_quiz_to_nnunet", "plan_and_preprocess", "predict_validation",
+            "predict_test", "subtype_results", "submission_zip", "evaluate_validation", "benchmark_inference",
+            "report_plots"]
+    jobs += [f"train_{stage}_fold{fold}" for stage in ("stage1", "stage2") for fold in (0, 1)]
+    for job in jobs:
+        assert (smoke_workflow / "logs" / f"{job}.log").stat().st_size > 0, job
+        assert (smoke_workflow / "benchmarks" / f"{job}.tsv").is_file(), job
 
 
-def test_conversion_keeps_the_official_split_and_rounds_labels(smoke_workflow):
+def test_kfold_conversion_holds_out_the_official_validation_and_rounds_labels(smoke_workflow):
     raw = smoke_workflow / "results" / "nnunet" / "raw" / DATASET
     splits = json.loads((smoke_workflow / "results" / "dataset" / "splits_final.json").read_text())
-    assert len(splits) == 1
+    assert len(splits) == 2
     quiz = smoke_workflow / "resources" / "synthetic_quiz"
-    official_val = sorted(p.name[: -len(".nii.gz")] for p in quiz.glob("validation/subtype*/quiz_?_???.nii.gz"))
-    assert sorted(splits[0]["val"]) == official_val
-    assert not set(splits[0]["train"]) & set(official_val)
+    official_val = {p.name[: -len(".nii.gz")] for p in quiz.glob("validation/subtype*/quiz_?_???.nii.gz")}
+    official_train = {p.name[: -len(".nii.gz")] for p in quiz.glob("train/subtype*/quiz_?_???.nii.gz")}
+    for fold in splits:
+        assert set(fold["train"]) | set(fold["val"]) == official_train
+        assert not (set(fold["train"]) | set(fold["val"])) & official_val
     for label_file in sorted((raw / "labelsTr").glob("*.nii.gz")):
         label = nib.load(label_file)
         assert label.get_data_dtype() == np.uint8
@@ -59,10 +65,11 @@ def test_plans_hold_the_cpu_configuration_inheriting_3d_fullres(smoke_workflow):
     ).read_text()
 
 
-def test_both_stages_trained_the_configured_epochs(smoke_workflow):
+@pytest.mark.parametrize("fold", [0, 1])
+def test_both_stages_trained_the_configured_epochs(smoke_workflow, fold):
     config = smoke_config(smoke_workflow)
     for trainer, stage in [("nnUNetTrainerPancreasSeg", "stage1"), ("nnUNetTrainerPancreasMultiTask", "stage2")]:
-        folder = fold_folder(smoke_workflow, trainer)
+        folder = fold_folder(smoke_workflow, trainer, fold)
         checkpoint = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
         assert checkpoint["trainer_name"] == trainer
         epochs = config["training"][stage]["num_epochs"]
@@ -98,3 +105,29 @@ def test_wandb_logged_offline_and_the_log_names_the_run(smoke_workflow):
     assert runs, "no offline W&B run"
     assert any(runs[-1].glob("*.wandb"))
     assert "wandb sync" in (smoke_workflow / "logs" / "train_stage2_fold0.log").read_text()
+
+
+def test_metrics_and_benchmark_say_which_folds_were_ensembled(smoke_workflow):
+    metrics = json.loads((smoke_workflow / "results" / "metrics" / "summary.json").read_text())
+    for key in ["whole_pancreas_dice_mean", "lesion_dice_mean", "macro_f1"]:
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["folds"] == [0, 1] and metrics["checkpoint"] == "checkpoint_best_combined.pth"
+    benchmark = json.loads((smoke_workflow / "results" / "benchmark" / "summary.json").read_text())
+    assert benchmark["folds"] == [0, 1]
+    for key in ["speedup", "optimized_over_one_pass", "baseline_peak_memory_mb", "optimized_peak_memory_mb",
+                "agreement_whole_dice", "same_subtype_fraction"]:
+        assert benchmark[key] is not None and benchmark[key] >= 0, key
+    per_case = pd.read_csv(smoke_workflow / "results" / "benchmark" / "per_case.csv")
+    assert set(per_case["path"]) == {"baseline", "optimized", "one_pass"}
+
+
+def test_report_plots_and_the_html_report(smoke_workflow):
+    for png in ["training_curves", "confusion_matrix", "dice_distribution", "overlay_montage"]:
+        assert (smoke_workflow / "results" / "report" / f"{png}.png").stat().st_size > 10_000
+    assert (smoke_workflow / "results" / "benchmark" / "benchmark.png").stat().st_size > 10_000
+    result = run_snakemake(
+        smoke_workflow, "--configfile", ".test/config_smoke.yaml", "--report", "results/report.html", timeout=600
+    )
+    assert result.returncode == 0, snakemake_output(result)[-3000:]
+    html = (smoke_workflow / "results" / "report.html").read_text(errors="replace")
+    assert "overlay_montage.png" in html and "benchmark.png" in html

@@ -62,7 +62,12 @@ def train_stage(
     ]
     if num_gpus > 1:
         args += ["-num_gpus", str(num_gpus)]
-    extra = {SETTINGS_ENV: str(Path(settings_file).resolve()), "nnUNet_n_proc_DA": str(data_augmentation_workers)}
+    extra = {
+        SETTINGS_ENV: str(Path(settings_file).resolve()),
+        "nnUNet_n_proc_DA": str(data_augmentation_workers),
+        # nnU-Net's final validation otherwise opens 8 export processes (about 1 GB each) whatever the job's size.
+        "nnUNet_def_n_proc": str(data_augmentation_workers),
+    }
     extra.update(wandb_environment(**(wandb or {"enabled": False})))
     start = time.perf_counter()
     run_nnunet_command(args, folders.environment(**extra), f"nnUNetv2_train {trainer}")
