@@ -52,3 +52,23 @@ rule benchmark_real_scale:
         benchmark=config["benchmark"],
     script:
         "../scripts/benchmark_real_scale.py"
+
+
+rule plot_real_scale_benchmark:
+    input:
+        summary="results/benchmark/real_scale/summary.json",
+        per_case="results/benchmark/real_scale/per_case.csv",
+    output:
+        chart=report(
+            "results/benchmark/real_scale/benchmark.png",
+            caption="../report/benchmark_real_scale.rst",
+            category="Inference benchmark",
+        ),
+    log:
+        "logs/plot_real_scale_benchmark.log",
+    benchmark:
+        "benchmarks/plot_real_scale_benchmark.tsv"
+    conda:
+        "../../envs/evaluation.yaml"
+    script:
+        "../scripts/plot_benchmark.py"
