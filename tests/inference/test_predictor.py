@@ -110,5 +110,6 @@ def test_two_folds_are_ensembled_for_both_heads(smoke_workflow):
         logits[folds] = predictor.predict_logits_from_preprocessed_data(data).float()
         probabilities[folds] = predictor.last_class_probabilities
     assert not torch.allclose(logits[(0,)], logits[(1,)])  # two different models
-    assert torch.allclose(logits[(0, 1)], (logits[(0,)] + logits[(1,)]) / 2, atol=2e-3)
+    # each fold's logits are accumulated in half precision, as in nnU-Net's own loop (logits up to ~10: 8e-3 steps)
+    assert torch.allclose(logits[(0, 1)], (logits[(0,)] + logits[(1,)]) / 2, atol=1e-2)
     assert np.allclose(probabilities[(0, 1)], (probabilities[(0,)] + probabilities[(1,)]) / 2, atol=1e-5)
