@@ -86,7 +86,10 @@ def test_optimized_predictions_on_real_ct_keep_the_real_geometry(smoke_workflow,
     images = sorted((real_sample_dir / "test").glob("quiz_*_0000.nii.gz"))[:2]
     settings = InferenceSettings(tile_step_size=1.0, mirror_axes=(), device="cpu", preprocessing_workers=1, export_workers=1)
     predictor = build_predictor(smoke_workflow / MODEL, [0], "checkpoint_final.pth", settings)
-    table = predict_images(predictor, images, tmp_path / "out", settings)
+    try:
+        table = predict_images(predictor, images, tmp_path / "out", settings)
+    finally:
+        predictor.close()
     assert list(table["case_id"]) == [i.name[: -len("_0000.nii.gz")] for i in images]
     for image in images:
         assert_same_geometry(tmp_path / "out" / image.name.replace("_0000.nii.gz", ".nii.gz"), image)

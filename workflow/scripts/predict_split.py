@@ -17,7 +17,10 @@ def main():
     model_folder = Path(snakemake.input.models[0]).parents[1]
     predictor = build_predictor(model_folder, params.folds, params.checkpoint, settings)
     out_dir = Path(snakemake.output.predictions)
-    table = predict_images(predictor, images, out_dir, settings)
+    try:
+        table = predict_images(predictor, images, out_dir, settings)
+    finally:
+        predictor.close()
     table.to_csv(out_dir / "class_probabilities.csv", index=False)
 
 

@@ -149,6 +149,8 @@ def run_path(path: str, model_folder: Path, folds: list[int], checkpoint_name: s
         table, seconds = one_pass_over_cases()
         totals.append(time.perf_counter() - start)
         per_case.append(seconds)
+    if path == "optimized":
+        predictor.close()
     if table is not None:
         table.to_csv(masks_dir / "class_probabilities.csv", index=False)
     if path == "one_pass":
