@@ -15,6 +15,7 @@ os.environ.update(
 )
 
 from pancreas_mtl.config import check_config  # noqa: E402
+from pancreas_mtl.model.training_settings import CHECKPOINT_FILES  # noqa: E402
 
 check_config(
     config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
@@ -46,11 +47,7 @@ if max(FOLDS) >= _n_folds:
         f"training.folds {FOLDS} do not exist with training.split "
         f"{config['training']['split']!r} ({_n_folds} fold(s): 0..{_n_folds - 1})"
     )
-INFERENCE_CHECKPOINT = {
-    "final": "checkpoint_final.pth",
-    "best_combined": "checkpoint_best_combined.pth",
-    "best_f1": "checkpoint_best_f1.pth",
-}[config["training"]["inference_checkpoint"]]
+INFERENCE_CHECKPOINT = CHECKPOINT_FILES[config["training"]["inference_checkpoint"]]
 
 
 wildcard_constraints:

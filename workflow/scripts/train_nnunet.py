@@ -1,8 +1,7 @@
 import logging
 from pathlib import Path
 
-from pancreas_mtl.model.trainers import CHECKPOINT_FILES
-from pancreas_mtl.model.training_settings import TrainingSettings
+from pancreas_mtl.model.training_settings import CHECKPOINT_FILES, TrainingSettings
 from pancreas_mtl.nnunet.environment import NnunetFolders
 from pancreas_mtl.nnunet.training import train_stage, wandb_run_folders
 from pancreas_mtl.script_logging import run_logged

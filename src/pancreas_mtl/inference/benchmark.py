@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from pancreas_mtl.inference.run import InferenceSettings, build_predictor, case_id_of_image, predict_images
+from pancreas_mtl.model.sliding_window import dice
 from pancreas_mtl.nnunet.environment import register_trainers, run_command
 
 log = logging.getLogger(__name__)
@@ -165,18 +166,13 @@ def run_path(path: str, model_folder: Path, folds: list[int], checkpoint_name: s
     return result
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
-
-
 def agreement(out_dir: Path, case_ids: list[str]) -> dict:
     """Whole-pancreas Dice between the two paths' masks, and the share of cases given the same subtype."""
     dices = []
     for case_id in case_ids:
         a = np.asarray(nib.load(out_dir / "baseline" / f"{case_id}.nii.gz").dataobj) > 0
         b = np.asarray(nib.load(out_dir / "optimized" / f"{case_id}.nii.gz").dataobj) > 0
-        dices.append(_dice(a, b))
+        dices.append(dice(a, b))
     base = pd.read_csv(out_dir / "baseline" / "class_probabilities.csv").set_index("case_id")
     opt = pd.read_csv(out_dir / "optimized" / "class_probabilities.csv").set_index("case_id")
     same = (base.loc[case_ids, "predicted_subtype"].values == opt.loc[case_ids, "predicted_subtype"].values)

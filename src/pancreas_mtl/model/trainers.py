@@ -30,14 +30,9 @@ from torch._dynamo import OptimizedModule
 
 from pancreas_mtl.model.network import MultiTaskUNet, build_multitask_network
 from pancreas_mtl.model.sliding_window import dice, predict_volume_multitask
-from pancreas_mtl.model.training_settings import TrainingSettings
+from pancreas_mtl.model.training_settings import CHECKPOINT_FILES, TrainingSettings
 
 NUM_SUBTYPES = 3
-CHECKPOINT_FILES = {
-    "final": "checkpoint_final.pth",
-    "best_combined": "checkpoint_best_combined.pth",
-    "best_f1": "checkpoint_best_f1.pth",
-}
 # Which checkpoint keeps the best value of each selection score.
 SCORE_CHECKPOINTS = {"combined": CHECKPOINT_FILES["best_combined"], "macro_f1": CHECKPOINT_FILES["best_f1"]}
 FULL_VALIDATION_HISTORY = "full_validation_history.json"

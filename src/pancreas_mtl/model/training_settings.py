@@ -13,6 +13,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 SETTINGS_ENV = "PANCREAS_MTL_TRAINING_SETTINGS"
+# The checkpoints a training keeps, by the name the config uses for them.
+CHECKPOINT_FILES = {
+    "final": "checkpoint_final.pth",
+    "best_combined": "checkpoint_best_combined.pth",
+    "best_f1": "checkpoint_best_f1.pth",
+}
 
 
 @dataclass
