@@ -2,8 +2,6 @@ import os
 import sys
 from pathlib import Path
 
-from snakemake.utils import validate
-
 # The workflow's Python package lives in src/; rules run in conda envs or the project venv,
 # so put it on the path of every job (and of this process) instead of installing it into each env.
 SRC_DIR = Path(workflow.basedir) / "src"
