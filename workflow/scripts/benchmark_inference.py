@@ -1,19 +1,15 @@
 from pathlib import Path
 
-import pandas as pd
-
 from pancreas_mtl.inference.benchmark import run_benchmark
-from pancreas_mtl.inference.run import InferenceSettings
+from pancreas_mtl.inference.run import InferenceSettings, split_images
 from pancreas_mtl.script_logging import run_logged
 
 
 def main():
     params = snakemake.params
-    cases = pd.read_csv(snakemake.input.case_table, dtype=str)
-    cases = cases[cases["split"] == params.benchmark["split"]]
+    images = split_images(snakemake.input.case_table, snakemake.input.raw_dataset, params.benchmark["split"])
     if params.benchmark["max_cases"]:
-        cases = cases.head(params.benchmark["max_cases"])
-    images = [Path(snakemake.input.raw_dataset) / image for image in cases["image"]]
+        images = images[: params.benchmark["max_cases"]]
     run_benchmark(
         Path(snakemake.input.models[0]).parents[1],
         params.folds,

@@ -1,18 +1,12 @@
 from pathlib import Path
 
-import pandas as pd
-
-from pancreas_mtl.inference.run import InferenceSettings, build_predictor, predict_images
+from pancreas_mtl.inference.run import InferenceSettings, build_predictor, predict_images, split_images
 from pancreas_mtl.script_logging import run_logged
 
 
 def main():
     params = snakemake.params
-    cases = pd.read_csv(snakemake.input.case_table, dtype=str)
-    images = [
-        Path(snakemake.input.raw_dataset) / image
-        for image in cases.loc[cases["split"] == snakemake.wildcards.split, "image"]
-    ]
+    images = split_images(snakemake.input.case_table, snakemake.input.raw_dataset, snakemake.wildcards.split)
     settings = InferenceSettings.from_config(params.inference)
     model_folder = Path(snakemake.input.models[0]).parents[1]
     predictor = build_predictor(model_folder, params.folds, params.checkpoint, settings)

@@ -156,16 +156,7 @@ def read_probabilities_csv(path: str | Path) -> pd.DataFrame:
     the argmax of its row (ties within 1e-6 excepted). ``predicted_subtype`` in the result is the argmax.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"class probabilities file not found: {path}")
-    try:
-        df = pd.read_csv(path, dtype={"case_id": str})
-    except Exception as err:
-        raise UserInputError(f"{path}: cannot be read as CSV ({type(err).__name__}: {err})") from err
-    missing = [c for c in PROBABILITIES_CSV_COLUMNS if c not in df.columns]
-    if missing:
-        raise UserInputError(f"{path}: missing column(s) {', '.join(missing)} "
-                             f"(expected {','.join(PROBABILITIES_CSV_COLUMNS)})")
+    df = _read_table(path, "class probabilities file", "CSV", PROBABILITIES_CSV_COLUMNS, dtype={"case_id": str})
     problems = []
     dup = sorted(df.loc[df["case_id"].duplicated(), "case_id"].unique().tolist())
     if dup:
@@ -198,16 +189,20 @@ def read_probabilities_csv(path: str | Path) -> pd.DataFrame:
 
 def read_case_table(path: str | Path) -> pd.DataFrame:
     """The case table ``case_id,split,subtype,image,mask``; ``subtype`` as nullable Int64 (empty for test)."""
-    path = Path(path)
+    return _read_table(Path(path), "case table", "a case table", CASE_TABLE_COLUMNS,
+                       dtype={"case_id": str, "split": str, "subtype": "Int64", "image": str, "mask": str},
+                       keep_default_na=False, na_values={"subtype": [""]})
+
+
+def _read_table(path: Path, what: str, read_as: str, columns, **read_csv_kwargs) -> pd.DataFrame:
+    """Read a CSV with the given columns; a missing file, unreadable CSV or missing column is a UserInputError."""
     if not path.is_file():
-        raise UserInputError(f"case table not found: {path}")
+        raise UserInputError(f"{what} not found: {path}")
     try:
-        df = pd.read_csv(path, dtype={"case_id": str, "split": str, "subtype": "Int64", "image": str,
-                                      "mask": str}, keep_default_na=False, na_values={"subtype": [""]})
+        df = pd.read_csv(path, **read_csv_kwargs)
     except Exception as err:
-        raise UserInputError(f"{path}: cannot be read as a case table ({type(err).__name__}: {err})") from err
-    missing = [c for c in CASE_TABLE_COLUMNS if c not in df.columns]
+        raise UserInputError(f"{path}: cannot be read as {read_as} ({type(err).__name__}: {err})") from err
+    missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise UserInputError(f"{path}: missing column(s) {', '.join(missing)} "
-                             f"(expected {','.join(CASE_TABLE_COLUMNS)})")
+        raise UserInputError(f"{path}: missing column(s) {', '.join(missing)} (expected {','.join(columns)})")
     return df

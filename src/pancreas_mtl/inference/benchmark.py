@@ -30,7 +30,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pancreas_mtl.inference.run import InferenceSettings, build_predictor, case_id_of_image, predict_images
+from pancreas_mtl.inference.predictor import preprocess_case
+from pancreas_mtl.inference.run import (
+    InferenceSettings,
+    build_predictor,
+    case_id_of_image,
+    class_probability_table,
+    predict_images,
+)
 from pancreas_mtl.model.sliding_window import dice
 from pancreas_mtl.nnunet.environment import register_trainers, run_command
 
@@ -67,11 +74,9 @@ class _CaseTimer:
 
 
 def _preprocess(predictor, image: Path) -> torch.Tensor:
-    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
-    data, _, _ = preprocessor.run_case(
-        [str(image)], None, predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json
-    )
-    return torch.from_numpy(np.ascontiguousarray(data)).float()
+    data, _ = preprocess_case(str(image), predictor.plans_manager, predictor.configuration_manager,
+                               predictor.dataset_json)
+    return torch.from_numpy(data)
 
 
 def _second_pass_classification(model_predictor, images: list[Path]) -> tuple[dict, list[float]]:
@@ -121,8 +126,6 @@ def run_path(path: str, model_folder: Path, folds: list[int], checkpoint_name: s
             )
             seg_seconds = list(timer.seconds[-len(images):])
             probabilities, cls_seconds = _second_pass_classification(second, images)
-            from pancreas_mtl.inference.run import class_probability_table
-
             return class_probability_table(probabilities), [a + b for a, b in zip(seg_seconds, cls_seconds)]
 
     elif path == "one_pass":

@@ -39,7 +39,7 @@ from torch._dynamo import OptimizedModule
 from pancreas_mtl.model.sliding_window import LESION_LABEL, roi_weighted_class_probabilities
 
 
-def _preprocess_case(image: str, plans_manager, configuration_manager, dataset_json) -> tuple[np.ndarray, dict]:
+def preprocess_case(image: str, plans_manager, configuration_manager, dataset_json) -> tuple[np.ndarray, dict]:
     """nnU-Net's preprocessing of one image, run in a worker process."""
     preprocessor = configuration_manager.preprocessor_class(verbose=False)
     data, _, properties = preprocessor.run_case([image], None, plans_manager, configuration_manager, dataset_json)
@@ -125,7 +125,7 @@ class MultiTaskPredictor(nnUNetPredictor):
         preprocess = self._pool("preprocess", preprocessing_workers)
         export = self._pool("export", export_workers)
         pending = [
-            preprocess.apply_async(_preprocess_case, (str(image), self.plans_manager, self.configuration_manager,
+            preprocess.apply_async(preprocess_case, (str(image), self.plans_manager, self.configuration_manager,
                                                       self.dataset_json))
             for image in images
         ]

@@ -13,6 +13,7 @@ import torch
 
 from pancreas_mtl.inference.predictor import MultiTaskPredictor
 from pancreas_mtl.nnunet.environment import register_trainers
+from pancreas_mtl.nnunet.training import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,13 @@ class InferenceSettings:
         return cls(**values)
 
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return torch.device(resolve_device(self.device))
+
+
+def split_images(case_table: str | Path, raw_dataset: str | Path, split: str) -> list[Path]:
+    """The images of one split (validation, test) listed by the conversion's case table."""
+    cases = pd.read_csv(case_table, dtype=str)
+    return [Path(raw_dataset) / image for image in cases.loc[cases["split"] == split, "image"]]
 
 
 def case_id_of_image(image: str | Path) -> str:
@@ -56,8 +61,6 @@ def build_predictor(
     """Load the trained multi-task model once (it stays resident for every case predicted with it)."""
     register_trainers()
     device = settings.torch_device()
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, torch.get_num_threads()))
     predictor = MultiTaskPredictor(
         tile_step_size=settings.tile_step_size,
         mirror_axes=settings.mirror_axes,
