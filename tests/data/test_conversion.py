@@ -313,7 +313,9 @@ def _run_script(quiz_dir: Path, tmp_path: Path, threads: int = 1) -> Path:
     paths = outputs(tmp_path)
     log_file = tmp_path / "logs" / "convert.log"
     smk = SimpleNamespace(
-        params=SimpleNamespace(quiz_dir=str(quiz_dir), dataset_name=NAME, split_scheme="official", k=5),
+        params=SimpleNamespace(quiz_dir=str(quiz_dir), allow_partial=False, split_scheme="official", k=5,
+                               kfold_seed=12345),
+        wildcards=SimpleNamespace(dataset=NAME),
         output=SimpleNamespace(raw_dataset=str(paths["raw_dataset_dir"]), splits=str(paths["splits_json"]),
                                case_table=str(paths["case_table_csv"])),
         threads=threads,
@@ -386,7 +388,7 @@ def test_kfold_splits_hold_out_the_official_validation_and_cover_training_once(q
 
     cases, problems = discover_quiz_cases(quiz_dir)
     assert not problems
-    folds = make_splits(cases, "kfold", k=2)
+    folds = make_splits(cases, "kfold", k=2, seed=12345)
     train = sorted(c.case_id for c in cases if c.split == "train")
     official_val = {c.case_id for c in cases if c.split == "validation"}
     assert len(folds) == 2
@@ -396,6 +398,6 @@ def test_kfold_splits_hold_out_the_official_validation_and_cover_training_once(q
         assert not (set(fold["train"]) | set(fold["val"])) & official_val
         # stratified: every subtype in both halves of each fold
         assert {int(c.split("_")[1]) for c in fold["val"]} == {0, 1, 2}
-    assert make_splits(cases, "kfold", k=2) == folds  # seeded
+    assert make_splits(cases, "kfold", k=2, seed=12345) == folds  # seeded
     with pytest.raises(UserInputError, match="2 <= k"):
-        make_splits(cases, "kfold", k=len(train) + 1)
+        make_splits(cases, "kfold", k=len(train) + 1, seed=12345)

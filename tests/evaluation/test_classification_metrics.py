@@ -1,30 +1,20 @@
-"""Classification metrics, summary files and the evaluation Snakemake script, on hand-made data."""
+"""Classification metrics and the summary files, on hand-made data."""
 
 from __future__ import annotations
 
-import json
 import math
-import runpy
-from pathlib import Path
-from types import SimpleNamespace
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
 
-from pancreas_mtl.errors import UserInputError
 from pancreas_mtl.evaluation.classification import (
     brier_score,
     classification_metrics,
     expected_calibration_error,
-    read_case_table,
-    read_probabilities_csv,
 )
-from pancreas_mtl.evaluation.summary import write_metrics
-
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "workflow" / "scripts" / "evaluate_predictions.py"
+from pancreas_mtl.evaluation.summary import read_segmentation_per_case, write_metrics
+from tests.evaluation.helpers import strict_load
 
 
 def probs_for(predicted, confidence=0.6):
@@ -114,47 +104,7 @@ def test_invalid_inputs():
         classification_metrics([0, 3], probs_for([0, 1]))
 
 
-# -- files ---------------------------------------------------------------------------------------------
-
-def test_read_probabilities_csv(tmp_path):
-    path = tmp_path / "class_probabilities.csv"
-    path.write_text("case_id,prob_0,prob_1,prob_2,predicted_subtype\n"
-                    "quiz_0_001,0.7,0.2,0.1,0\n"
-                    "quiz_1_002,0.1,0.3,0.6,2\n"
-                    "quiz_2_003,0.4,0.4,0.2,1\n")  # a tie: stated 1 accepted, argmax (first) = 0
-    df = read_probabilities_csv(path)
-    assert df["case_id"].tolist() == ["quiz_0_001", "quiz_1_002", "quiz_2_003"]
-    assert df["predicted_subtype"].tolist() == [0, 2, 0]
-    path.write_text("case_id,prob_0,prob_1,prob_2,predicted_subtype\nquiz_0_001,0.7,0.2,0.1,1\n")
-    with pytest.raises(UserInputError, match="not the argmax"):
-        read_probabilities_csv(path)
-    path.write_text("case_id,prob_0,prob_1,prob_2,predicted_subtype\nquiz_0_001,0.7,0.7,0.1,0\n")
-    with pytest.raises(UserInputError, match="sum to"):
-        read_probabilities_csv(path)
-    path.write_text("case_id,prob_0,prob_1,predicted_subtype\nquiz_0_001,0.7,0.3,0\n")
-    with pytest.raises(UserInputError, match="prob_2"):
-        read_probabilities_csv(path)
-
-
-def test_read_case_table(tmp_path):
-    path = tmp_path / "case_table.csv"
-    path.write_text("case_id,split,subtype,image,mask\n"
-                    "quiz_0_001,train,0,imagesTr/quiz_0_001_0000.nii.gz,labelsTr/quiz_0_001.nii.gz\n"
-                    "quiz_2_002,validation,2,imagesTr/quiz_2_002_0000.nii.gz,labelsTr/quiz_2_002.nii.gz\n"
-                    "quiz_003,test,,imagesTs/quiz_003_0000.nii.gz,\n")
-    df = read_case_table(path)
-    assert str(df["subtype"].dtype) == "Int64"
-    assert df["subtype"].iloc[1] == 2 and pd.isna(df["subtype"].iloc[2])
-    assert df["mask"].iloc[1] == "labelsTr/quiz_2_002.nii.gz"
-
-
 # -- summary.json ----------------------------------------------------------------------------------------
-
-def _strict_load(path):
-    def reject(name):
-        raise ValueError(f"invalid JSON constant {name}")
-    return json.loads(Path(path).read_text(), parse_constant=reject)
-
 
 def test_write_metrics(tmp_path):
     from pancreas_mtl.evaluation.segmentation import summarize_segmentation
@@ -173,7 +123,7 @@ def test_write_metrics(tmp_path):
     out = tmp_path / "metrics"
     for name in ("segmentation_per_case.csv", "segmentation_summary.json", "classification.json", "summary.json"):
         assert (out / name).is_file(), name
-    written = _strict_load(out / "summary.json")
+    written = strict_load(out / "summary.json")
     assert written == summary
     required = ["whole_pancreas_dice_mean", "lesion_dice_mean", "macro_f1", "whole_pancreas_dice_std",
                 "whole_pancreas_dice_median", "lesion_dice_std", "lesion_dice_median", "whole_pancreas_nsd_mean",
@@ -185,87 +135,10 @@ def test_write_metrics(tmp_path):
     assert written["whole_pancreas_dice_std"] is None  # one case: no sample std
     assert written["macro_f1"] == pytest.approx(1 / 3) and written["n_cases"] == 1
     assert written["nsd_tolerance_mm"] == 2.0 and written["checkpoint"] == "final" and written["folds"] == [0]
-    seg = _strict_load(out / "segmentation_summary.json")
+    seg = strict_load(out / "segmentation_summary.json")
     assert seg["lesion"]["hd95"]["mean"] is None and seg["lesion"]["hd95"]["n_undefined"] == 1
-    assert _strict_load(out / "classification.json")["confusion_matrix"][0] == [1, 0, 0]
-    per_case = pd.read_csv(out / "segmentation_per_case.csv")
+    assert strict_load(out / "classification.json")["confusion_matrix"][0] == [1, 0, 0]
+    per_case = read_segmentation_per_case(out / "segmentation_per_case.csv")
     assert len(per_case) == 2 and math.isnan(per_case.loc[1, "hd95"])
     with pytest.raises(ValueError, match="overwrite"):
         write_metrics(tmp_path / "m2", table, seg_summary, cls, {"macro_f1": 0.99})
-
-
-# -- the Snakemake script ------------------------------------------------------------------------------
-
-def _write(path, data, affine):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = nib.Nifti1Image(np.asarray(data, dtype=np.uint8), affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    nib.save(img, str(path))
-
-
-def _script_fixture(tmp_path):
-    spacing = (0.7, 0.7, 3.0)
-    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
-    affine[:3, 3] = (120.0, 80.0, -400.0)
-    raw, preds = tmp_path / "raw" / "Dataset501_PancreasQuiz", tmp_path / "predictions"
-    shape = (20, 20, 8)
-    rows = ["case_id,split,subtype,image,mask"]
-    probs = ["case_id,prob_0,prob_1,prob_2,predicted_subtype"]
-    for subtype, split in [(0, "validation"), (1, "validation"), (2, "validation"), (0, "train")]:
-        case_id = f"quiz_{subtype}_{10 + subtype + (5 if split == 'train' else 0):03d}"
-        ref = np.zeros(shape, np.uint8)
-        ref[4:14, 4:14, 2:6] = 1
-        ref[6:9, 6:9, 3:5] = 2
-        _write(raw / "labelsTr" / f"{case_id}.nii.gz", ref, affine)
-        rows.append(f"{case_id},{split},{subtype},imagesTr/{case_id}_0000.nii.gz,labelsTr/{case_id}.nii.gz")
-        if split == "validation":
-            pred = ref.copy()
-            if subtype == 2:
-                pred[pred == 2] = 1  # lesion missed -> lesion Dice 0, HD95/MSD undefined
-            _write(preds / f"{case_id}.nii.gz", pred, affine)
-            predicted = {0: 0, 1: 1, 2: 1}[subtype]
-            p = [0.1, 0.1, 0.1]
-            p[predicted] = 0.8
-            probs.append(f"{case_id},{p[0]},{p[1]},{p[2]},{predicted}")
-    rows.append("quiz_099,test,,imagesTs/quiz_099_0000.nii.gz,")
-    _write(preds / "quiz_099.nii.gz", np.zeros(shape), affine)  # a test-case prediction is ignored
-    (tmp_path / "case_table.csv").write_text("\n".join(rows) + "\n")
-    (preds / "class_probabilities.csv").write_text("\n".join(probs) + "\n")
-    return SimpleNamespace(
-        input=SimpleNamespace(predictions=str(preds), case_table=str(tmp_path / "case_table.csv"),
-                              raw_dataset=str(raw)),
-        output=SimpleNamespace(summary=str(tmp_path / "results" / "metrics" / "summary.json")),
-        params=SimpleNamespace(nsd_tolerance_mm=2.0, extra={"checkpoint": "checkpoint_final.pth", "folds": [0]}),
-        log=[str(tmp_path / "logs" / "evaluate.log")],
-        threads=1,
-    )
-
-
-def test_script_writes_metrics(tmp_path):
-    smk = _script_fixture(tmp_path)
-    runpy.run_path(str(SCRIPT), init_globals={"snakemake": smk}, run_name="__main__")
-    out = Path(smk.output.summary).parent
-    summary = _strict_load(smk.output.summary)
-    assert summary["whole_pancreas_dice_mean"] == 1.0
-    assert summary["lesion_dice_mean"] == pytest.approx(2 / 3)
-    assert summary["lesion_hd95_n_undefined"] == 1 and summary["lesion_hd95_mean"] == 0.0
-    assert summary["macro_f1"] == pytest.approx((1 + 2 / 3 + 0) / 3)
-    assert summary["n_cases"] == 3 and summary["n_segmentation_cases"] == 3
-    assert summary["checkpoint"] == "checkpoint_final.pth" and summary["nsd_tolerance_mm"] == 2.0
-    per_case = pd.read_csv(out / "segmentation_per_case.csv")
-    assert sorted(per_case["case_id"].unique()) == ["quiz_0_010", "quiz_1_011", "quiz_2_012"]
-    cls = _strict_load(out / "classification.json")
-    assert cls["confusion_matrix"] == [[1, 0, 0], [0, 1, 0], [0, 1, 0]]
-    assert [c["case_id"] for c in cls["per_case"]] == ["quiz_0_010", "quiz_1_011", "quiz_2_012"]
-
-
-def test_script_fails_with_clear_message_on_missing_prediction(tmp_path):
-    smk = _script_fixture(tmp_path)
-    (Path(smk.input.predictions) / "quiz_1_011.nii.gz").unlink()
-    with pytest.raises(SystemExit) as exc:
-        runpy.run_path(str(SCRIPT), init_globals={"snakemake": smk}, run_name="__main__")
-    assert exc.value.code == 1
-    log_text = Path(smk.log[0]).read_text()
-    assert "quiz_1_011" in log_text and "Traceback" not in log_text
-    assert not Path(smk.output.summary).exists()

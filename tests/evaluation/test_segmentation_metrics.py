@@ -12,9 +12,10 @@ KD-tree, and Dice with plain numpy.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import warnings
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -30,10 +31,12 @@ from scipy import ndimage
 from pancreas_mtl.errors import UserInputError
 from pancreas_mtl.evaluation.segmentation import (
     case_metrics,
+    dice,
     evaluate_segmentation,
     region_metrics,
     summarize_segmentation,
 )
+from tests.evaluation.helpers import lps_affine, write_labels
 
 SPACING = (0.7, 0.7, 3.0)
 
@@ -52,11 +55,11 @@ def _directed(a: np.ndarray, b: np.ndarray, spacing) -> np.ndarray:
 
 def independent_metrics(pred: np.ndarray, ref: np.ndarray, spacing, tolerance: float) -> dict:
     pred, ref = pred.astype(bool), ref.astype(bool)
-    dice = 2.0 * np.logical_and(pred, ref).sum() / (pred.sum() + ref.sum())
+    dsc = 2.0 * np.logical_and(pred, ref).sum() / (pred.sum() + ref.sum())
     d_pr, d_rp = _directed(pred, ref, spacing), _directed(ref, pred, spacing)
     both = np.concatenate([d_pr, d_rp])
     return {
-        "dice": float(dice),
+        "dice": float(dsc),
         "nsd": float((both <= tolerance).sum() / both.size),
         "hd95": float(max(np.percentile(d_pr, 95), np.percentile(d_rp, 95))),
         "msd": float(both.mean()),
@@ -175,6 +178,45 @@ def test_nested_spheres_msd_and_hd():
     assert_agree(got, independent_metrics(pred, ref, (1.0, 1.0, 1.0), 1.0))
 
 
+# -- the plain-numpy dice -------------------------------------------------------------------------
+
+def test_dice_of_boolean_masks():
+    a = np.zeros((4, 4, 2), bool)
+    a[:2] = True  # 16 voxels
+    b = np.zeros_like(a)
+    b[1:3] = True  # 16 voxels, 8 of them shared with a
+    assert dice(a, b) == pytest.approx(0.5)
+    assert dice(a, a) == 1.0 and dice(a, ~a) == 0.0
+    empty = np.zeros_like(a)
+    assert dice(empty, empty) == 1.0  # nothing to find, nothing found
+    assert dice(a, empty) == 0.0 and dice(empty, a) == 0.0
+    labels = np.where(a, 2, 0)  # a label map, compared as masks by the caller
+    assert dice(labels == 2, b) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="shape"):
+        dice(a, a[:, :, :1])
+
+
+def test_dice_agrees_with_monai():
+    pred, ref = random_blob((24, 24, 10), 1), random_blob((24, 24, 10), 2)
+    assert dice(pred, ref) == pytest.approx(region_metrics(pred, ref, SPACING)["dice"], rel=1e-6)
+    assert dice(pred, ref) == pytest.approx(independent_metrics(pred, ref, SPACING, 2.0)["dice"])
+
+
+def test_data_and_evaluation_import_without_torch_monai_or_snakemake():
+    """The nnU-Net environment has no MONAI: the trainers import dice() from this module."""
+    code = (
+        "import sys\n"
+        "import pancreas_mtl.data.conversion, pancreas_mtl.data.synthetic, pancreas_mtl.data.validation\n"
+        "import pancreas_mtl.data.case_table, pancreas_mtl.data.class_probabilities\n"
+        "import pancreas_mtl.evaluation.segmentation, pancreas_mtl.evaluation.classification\n"
+        "import pancreas_mtl.evaluation.summary, pancreas_mtl.evaluation.validation_report\n"
+        "print(sorted(m for m in ('torch', 'monai', 'snakemake') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+
+
 # -- empty-mask rules -------------------------------------------------------------------------------
 
 def test_both_empty():
@@ -270,21 +312,6 @@ def test_summarize_excludes_undefined_and_counts_them():
 
 
 # -- files ---------------------------------------------------------------------------------------------
-
-def lps_affine(spacing, origin=(100.0, 50.0, -300.0)) -> np.ndarray:
-    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
-    affine[:3, 3] = origin
-    return affine
-
-
-def write_labels(path, data, affine):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = nib.Nifti1Image(np.asarray(data, dtype=np.uint8), affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    nib.save(img, str(path))
-    return path
-
 
 def test_evaluate_segmentation_reads_spacing_in_array_axis_order(tmp_path):
     spacing = (0.7, 0.8, 3.0)

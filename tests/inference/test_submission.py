@@ -1,17 +1,22 @@
 """subtype_results.csv and the submission zip, on real files."""
 
+import runpy
 import zipfile
+from pathlib import Path
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
+from pancreas_mtl.data.class_probabilities import (
+    class_probability_table,
+    write_class_probabilities,
+)
 from pancreas_mtl.errors import UserInputError
-from pancreas_mtl.inference.run import class_probability_table
+from pancreas_mtl.inference.predictor import roi_weighted_class_probabilities
 from pancreas_mtl.inference.submission import make_submission_zip, write_subtype_results
-from pancreas_mtl.model.sliding_window import roi_weighted_class_probabilities
 
 
 def probabilities():
@@ -46,6 +51,23 @@ def test_zip_refuses_missing_masks_and_leaves_no_partial_file(tmp_path):
         make_submission_zip(csv, tmp_path / "masks", tmp_path / "submission.zip")
     assert "quiz_037.nii.gz" in err.value.render()
     assert not list(tmp_path.glob("submission.zip*"))
+
+
+def test_subtype_results_script_writes_the_csv_and_a_copy_of_the_probabilities(tmp_path):
+    predictions = tmp_path / "predictions" / "test"
+    predictions.mkdir(parents=True)
+    source = write_class_probabilities(predictions, {"quiz_037": np.array([0.7, 0.2, 0.1]),
+                                                     "quiz_005": np.array([0.1, 0.1, 0.8])})
+    smk = SimpleNamespace(
+        input=SimpleNamespace(predictions=str(predictions)),
+        output=SimpleNamespace(subtypes=str(tmp_path / "subtype_results.csv"),
+                               probabilities=str(tmp_path / "subtype_probabilities.csv")),
+        log=[str(tmp_path / "subtype_results.log")],
+    )
+    script = Path(__file__).resolve().parents[2] / "workflow" / "scripts" / "subtype_results.py"
+    runpy.run_path(str(script), init_globals={"snakemake": smk}, run_name="__main__")
+    assert Path(smk.output.subtypes).read_text() == "Names,Subtype\nquiz_005.nii.gz,2\nquiz_037.nii.gz,0\n"
+    assert Path(smk.output.probabilities).read_bytes() == source.read_bytes()
 
 
 def test_tiles_vote_by_their_predicted_lesion_mass():

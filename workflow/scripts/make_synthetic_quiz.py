@@ -5,12 +5,13 @@ from pancreas_mtl.script_logging import run_logged
 
 
 def main():
+    smk = snakemake  # noqa: F821 - injected by Snakemake
     make_synthetic_quiz(
-        snakemake.output.quiz_dir,
-        seed=snakemake.params.seed,
-        counts=snakemake.params.counts,
-        n_workers=snakemake.threads,
+        smk.output.quiz_dir,
+        seed=smk.params.seed,
+        counts=smk.params.counts,
+        n_workers=smk.threads,
     )
 
 
-run_logged(main, snakemake.log[0])
+run_logged(main, snakemake.log[0])  # noqa: F821

@@ -1,14 +1,11 @@
-import json
+"""Snakemake script: the chart of a benchmark's results (:func:`pancreas_mtl.report.figures.plot_benchmark_files`)."""
 
-import pandas as pd
-
-from pancreas_mtl.report.plots import plot_benchmark
+from pancreas_mtl.report.figures import plot_benchmark_files
 from pancreas_mtl.script_logging import run_logged
 
 
 def main():
-    summary = json.loads(open(snakemake.input.summary).read())
-    plot_benchmark(summary, pd.read_csv(snakemake.input.per_case), snakemake.output.chart)
+    plot_benchmark_files(snakemake.input.summary, snakemake.input.per_case, snakemake.output.chart)  # noqa: F821
 
 
-run_logged(main, snakemake.log[0])
+run_logged(main, snakemake.log[0])  # noqa: F821

@@ -3,7 +3,8 @@ from pancreas_mtl.script_logging import run_logged
 
 
 def main():
-    make_submission_zip(snakemake.input.subtypes, snakemake.input.predictions, snakemake.output.archive)
+    smk = snakemake  # noqa: F821 - injected by Snakemake
+    make_submission_zip(smk.input.subtypes, smk.input.predictions, smk.output.archive)
 
 
-run_logged(main, snakemake.log[0])
+run_logged(main, snakemake.log[0])  # noqa: F821

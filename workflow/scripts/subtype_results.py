@@ -1,15 +1,20 @@
-from pathlib import Path
+"""Snakemake script: the handout's subtype_results.csv from the test predictions' class probabilities,
+and a copy of those probabilities (checked by :mod:`pancreas_mtl.data.class_probabilities`)."""
 
-import pandas as pd
+import shutil
 
+from pancreas_mtl.data.class_probabilities import (
+    class_probabilities_path,
+    read_class_probabilities,
+)
 from pancreas_mtl.inference.submission import write_subtype_results
 from pancreas_mtl.script_logging import run_logged
 
 
 def main():
-    probabilities = pd.read_csv(Path(snakemake.input.predictions) / "class_probabilities.csv")
-    write_subtype_results(probabilities, snakemake.output.subtypes)
-    probabilities.to_csv(snakemake.output.probabilities, index=False)
+    predictions = snakemake.input.predictions  # noqa: F821 - injected by Snakemake
+    write_subtype_results(read_class_probabilities(predictions), snakemake.output.subtypes)  # noqa: F821
+    shutil.copyfile(class_probabilities_path(predictions), snakemake.output.probabilities)  # noqa: F821
 
 
-run_logged(main, snakemake.log[0])
+run_logged(main, snakemake.log[0])  # noqa: F821

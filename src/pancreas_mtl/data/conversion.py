@@ -22,7 +22,6 @@ place at the end, so an interrupted run never leaves a half dataset behind.
 
 from __future__ import annotations
 
-import csv
 import gzip
 import json
 import logging
@@ -37,9 +36,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from pancreas_mtl.data.case_table import write_case_table
+from pancreas_mtl.data.labels import LABELS, SUBTYPES
 from pancreas_mtl.data.quiz_layout import (
     LABELLED_SPLITS,
-    SUBTYPES,
     QuizCase,
     image_file_name,
     mask_file_name,
@@ -51,8 +51,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DATASET_NAME = "Dataset501_PancreasQuiz"
 DATASET_NAME_RE = re.compile(r"^Dataset\d{3}_[A-Za-z0-9_\-]+$")
-LABELS = {"background": 0, "pancreas": 1, "lesion": 2}
-CASE_TABLE_COLUMNS = ("case_id", "split", "subtype", "image", "mask")
 SPLIT_SCHEMES = ("official", "kfold")
 # What a raw dataset written by this module contains; anything else in an existing output folder
 # means it is not ours, and it is not replaced.
@@ -77,7 +75,7 @@ def dataset_json(cases: list[QuizCase], dataset_name: str = DEFAULT_DATASET_NAME
     }
 
 
-def make_splits(cases: list[QuizCase], scheme: str = "official", k: int = 5, seed: int = 12345) -> list[dict[str, list[str]]]:
+def make_splits(cases: list[QuizCase], scheme: str = "official", k: int = 5, seed: int | None = None) -> list[dict[str, list[str]]]:
     """nnU-Net ``splits_final.json`` content for the labelled cases.
 
     ``"official"``: one fold, ``[{"train": train case ids, "val": validation case ids}]`` (sorted), so
@@ -95,6 +93,8 @@ def make_splits(cases: list[QuizCase], scheme: str = "official", k: int = 5, see
         train = sorted((c for c in cases if c.split == "train"), key=lambda c: c.case_id)
         if k < 2 or k > len(train):
             raise UserInputError(f"k-fold cross-validation needs 2 <= k <= {len(train)} training cases (k={k})")
+        if seed is None:
+            raise ValueError("k-fold splits need a seed (the config's training.kfold_seed)")
         rng = np.random.default_rng(seed)
         fold_of: dict[str, int] = {}
         offset = 0
@@ -111,7 +111,8 @@ def make_splits(cases: list[QuizCase], scheme: str = "official", k: int = 5, see
 
 
 def case_table_rows(cases: list[QuizCase]) -> list[dict[str, str]]:
-    """Rows of the case table; image/mask paths are relative to the raw dataset folder."""
+    """Rows of the case table (:mod:`pancreas_mtl.data.case_table`); image/mask paths are relative to the
+    raw dataset folder."""
     rows = []
     for c in cases:
         if c.split == "test":
@@ -235,13 +236,6 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
-def _write_case_table(path: Path, cases: list[QuizCase]) -> None:
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CASE_TABLE_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(case_table_rows(cases))
-
-
 def _summary(cases: list[QuizCase]) -> dict:
     counts = Counter(c.split for c in cases)
     subtypes = {
@@ -264,6 +258,7 @@ def convert_quiz_to_nnunet(
     allow_partial: bool = False,
     split_scheme: str = "official",
     k: int = 5,
+    kfold_seed: int | None = None,
 ) -> dict:
     """Validate the quiz folder and convert it to an nnU-Net v2 raw dataset (see the module docstring).
 
@@ -308,8 +303,8 @@ def convert_quiz_to_nnunet(
 
         splits_tmp, table_tmp = _partial_file(splits_json), _partial_file(case_table_csv)
         tmp_files += [splits_tmp, table_tmp]
-        _write_json(splits_tmp, make_splits(cases, split_scheme, k))
-        _write_case_table(table_tmp, cases)
+        _write_json(splits_tmp, make_splits(cases, split_scheme, k, kfold_seed))
+        write_case_table(table_tmp, case_table_rows(cases))
 
         _replace_dir(tmp_dir, raw_dir)
         os.replace(splits_tmp, splits_json)

@@ -23,9 +23,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from pancreas_mtl.data.labels import SUBTYPES
+
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 LABELLED_SPLITS: tuple[str, ...] = ("train", "validation")
-SUBTYPES: tuple[int, ...] = (0, 1, 2)
 NIFTI_SUFFIX = ".nii.gz"
 
 #: train/validation image, e.g. ``quiz_0_041_0000.nii.gz``

@@ -39,7 +39,7 @@ import re
 import shutil
 import tempfile
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +47,15 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from pancreas_mtl.data.labels import LESION_LABEL, PANCREAS_LABEL, SUBTYPES
+from pancreas_mtl.data.quiz_layout import (
+    LABELLED_SPLITS,
+    image_file_name,
+    labelled_case_id,
+    mask_file_name,
+    test_case_id,
+)
+from pancreas_mtl.data.validation import process_pool
 from pancreas_mtl.errors import UserInputError
 
 log = logging.getLogger("pancreas_mtl.data.synthetic")
@@ -60,8 +69,6 @@ DEFAULT_FOV_MM: tuple[float, float, float] = (48.0, 48.0, 96.0)
 #: The smallest field of view that still holds the whole lesion.
 MIN_FOV_MM: tuple[float, float, float] = (40.0, 40.0, 64.0)
 
-SUBTYPES = (0, 1, 2)
-SPLITS_WITH_LABELS = ("train", "validation")
 #: Real class frequencies (train split); hidden subtypes of test cases are drawn with these weights.
 SUBTYPE_WEIGHTS = (62, 106, 84)
 
@@ -138,7 +145,7 @@ def make_synthetic_quiz(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     start = time.perf_counter()
     try:
-        for split in SPLITS_WITH_LABELS:
+        for split in LABELLED_SPLITS:
             for s in SUBTYPES:
                 (tmp / split / f"subtype{s}").mkdir(parents=True)
         (tmp / "test").mkdir()
@@ -188,7 +195,7 @@ def synthesize_case(
     image = _nifti(np.round(image_hu).astype(image_dtype), affine)
     mask_values = labels.astype(np.float64)
     if quirk:
-        mask_values[labels == 1] = PANCREAS_QUIRK_VALUE
+        mask_values[labels == PANCREAS_LABEL] = PANCREAS_QUIRK_VALUE
     mask = _nifti(mask_values.astype(mask_dtype), affine)
     return image, mask
 
@@ -234,7 +241,7 @@ def normalize_counts(counts: dict | None) -> dict:
     for key in sorted(expected - set(counts)):
         problems.append(f"missing key {key!r}")
     result: dict = {}
-    for split in SPLITS_WITH_LABELS:
+    for split in LABELLED_SPLITS:
         value = counts.get(split)
         if split not in counts:
             continue
@@ -284,22 +291,22 @@ def _plan_cases(seed: int, counts: dict, fov) -> list[_Task]:
     rng = np.random.default_rng(np.random.SeedSequence([seed, _case_key("case numbers")]))
     numbers = iter(rng.choice(1000, size=total, replace=False).tolist())
     tasks: list[_Task] = []
-    for split in SPLITS_WITH_LABELS:
+    for split in LABELLED_SPLITS:
         for s, n in zip(SUBTYPES, counts[split]):
             for number in sorted(next(numbers) for _ in range(n)):
-                tasks.append(_Task(f"{split}/subtype{s}", f"quiz_{s}_{number:03d}", s, True, seed, fov))
+                tasks.append(_Task(f"{split}/subtype{s}", labelled_case_id(s, number), s, True, seed, fov))
     for number in sorted(next(numbers) for _ in range(counts["test"])):
-        tasks.append(_Task("test", f"quiz_{number:03d}", None, False, seed, fov))
+        tasks.append(_Task("test", test_case_id(number), None, False, seed, fov))
     return tasks
 
 
 def _write_case(root: Path, task: _Task) -> list[str]:
     """Synthesize one case and write its files under ``root``; return their relative paths."""
     image, mask = synthesize_case(task.case_id, task.subtype, task.seed, task.fov)
-    written = [f"{task.relative_dir}/{task.case_id}_0000.nii.gz"]
+    written = [f"{task.relative_dir}/{image_file_name(task.case_id)}"]
     nib.save(image, root / written[0])
     if task.write_mask:
-        written.append(f"{task.relative_dir}/{task.case_id}.nii.gz")
+        written.append(f"{task.relative_dir}/{mask_file_name(task.case_id)}")
         nib.save(mask, root / written[1])
     return written
 
@@ -319,7 +326,7 @@ def _run_tasks(root: Path, tasks: list[_Task], n_workers: int) -> list[str]:
             progress()
         return written
 
-    executor = ProcessPoolExecutor(max_workers=n_workers)
+    executor = process_pool(n_workers)
     try:
         pending = {executor.submit(_write_case, root, task) for task in tasks}
         while pending:
@@ -764,6 +771,6 @@ def _render_case(rng: np.random.Generator, subtype: int, fov) -> tuple[np.ndarra
         sizes = ndimage.sum_labels(les_label, components, index=np.arange(1, n + 1))
         les_label = components == (1 + int(np.argmax(sizes)))
     labels = np.zeros(grid.shape, dtype=np.uint8)
-    labels[panc_label] = 1
-    labels[les_label] = 2
+    labels[panc_label] = PANCREAS_LABEL
+    labels[les_label] = LESION_LABEL
     return image, labels, spacing

@@ -33,12 +33,12 @@ from typing import Iterable, Iterator
 import nibabel as nib
 import numpy as np
 
+from pancreas_mtl.data.labels import MASK_LABELS
 from pancreas_mtl.data.quiz_layout import QuizCase, discover_quiz_cases, relative_name
 from pancreas_mtl.errors import QuizDataError
 
 log = logging.getLogger(__name__)
 
-MASK_LABELS = (0, 1, 2)
 MASK_ROUND_TOLERANCE = 1e-3
 AFFINE_RTOL = 1e-4
 AFFINE_ATOL = 1e-4
@@ -58,14 +58,15 @@ def spatial_shape(shape: Iterable[int]) -> tuple[int, int, int] | None:
     return shape[:3]  # type: ignore[return-value]
 
 
-def process_pool(n_workers: int) -> ProcessPoolExecutor:
+def process_pool(n_workers: int, initializer=None) -> ProcessPoolExecutor:
     """A process pool that does not re-run the caller's ``__main__`` (Snakemake scripts have no guard).
 
-    'fork' where the platform has it; otherwise the platform default.
+    'fork' where the platform has it; otherwise the platform default. ``initializer`` runs once in
+    each worker.
     """
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork") if "fork" in methods else None
-    return ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx)
+    return ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=initializer)
 
 
 def map_cases(func, cases: list, n_workers: int, *args) -> Iterator:

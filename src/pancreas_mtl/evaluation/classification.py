@@ -1,6 +1,8 @@
 """Lesion-subtype classification metrics (3 classes: 0, 1, 2) from predicted class probabilities.
 
 The predicted subtype of a case is the argmax of its three probabilities (the first class on a tie).
+The subtypes come from :mod:`pancreas_mtl.data.labels`; the ``class_probabilities.csv`` file is read
+and checked by :mod:`pancreas_mtl.data.class_probabilities`.
 
 :func:`classification_metrics` returns
 
@@ -26,11 +28,9 @@ why the Brier score and ECE are part of the result.
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -38,22 +38,14 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from pancreas_mtl.errors import UserInputError
-
-CLASSES = (0, 1, 2)
-PROBABILITY_COLUMNS = [f"prob_{k}" for k in CLASSES]
-PROBABILITIES_CSV_COLUMNS = ["case_id", *PROBABILITY_COLUMNS, "predicted_subtype"]
-CASE_TABLE_COLUMNS = ["case_id", "split", "subtype", "image", "mask"]
-#: tolerance on a probability row's sum (CSV files hold rounded values)
-ROW_SUM_ATOL = 1e-3
-#: two probabilities closer than this count as a tie when checking the predicted_subtype column
-TIE_ATOL = 1e-6
+from pancreas_mtl.data.class_probabilities import ROW_SUM_ATOL
+from pancreas_mtl.data.labels import NUM_SUBTYPES, SUBTYPES
 
 
 def _check_probabilities(probabilities: np.ndarray, n: int) -> np.ndarray:
     p = np.asarray(probabilities, dtype=float)
-    if p.ndim != 2 or p.shape != (n, len(CLASSES)):
-        raise ValueError(f"probabilities must have shape ({n}, {len(CLASSES)}), got {p.shape}")
+    if p.ndim != 2 or p.shape != (n, NUM_SUBTYPES):
+        raise ValueError(f"probabilities must have shape ({n}, {NUM_SUBTYPES}), got {p.shape}")
     if not np.all(np.isfinite(p)) or np.any(p < 0) or np.any(p > 1):
         raise ValueError("probabilities must be finite and within [0, 1]")
     bad = np.flatnonzero(np.abs(p.sum(axis=1) - 1.0) > ROW_SUM_ATOL)
@@ -71,7 +63,7 @@ def brier_score(truth: Sequence[int], probabilities: np.ndarray) -> float:
     """Multi-class Brier score: mean over cases of sum over classes of (p - one-hot)^2."""
     y = np.asarray(truth, dtype=int)
     p = np.asarray(probabilities, dtype=float)
-    onehot = np.eye(len(CLASSES))[y]
+    onehot = np.eye(NUM_SUBTYPES)[y]
     return float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
 
 
@@ -114,12 +106,12 @@ def classification_metrics(truth: Sequence[int], probabilities: np.ndarray, n_bi
     y = np.asarray(truth)
     if y.ndim != 1 or y.size == 0:
         raise ValueError("truth must be a non-empty 1D sequence of subtypes")
-    if not np.all(np.isin(y, CLASSES)):
-        raise ValueError(f"truth holds values outside {list(CLASSES)}: {sorted(set(y.tolist()) - set(CLASSES))}")
+    if not np.all(np.isin(y, SUBTYPES)):
+        raise ValueError(f"truth holds values outside {list(SUBTYPES)}: {sorted(set(y.tolist()) - set(SUBTYPES))}")
     y = y.astype(int)
     p = _check_probabilities(probabilities, y.size)
     pred = predicted_classes(p)
-    labels = list(CLASSES)
+    labels = list(SUBTYPES)
     precision, recall, f1, support = precision_recall_fscore_support(
         y, pred, labels=labels, average=None, zero_division=0)
     macro_f1 = precision_recall_fscore_support(
@@ -144,65 +136,3 @@ def classification_metrics(truth: Sequence[int], probabilities: np.ndarray, n_bi
         "n_bins": int(n_bins),
         "n_cases": int(y.size),
     }
-
-
-# -- files ------------------------------------------------------------------------------------------
-
-def read_probabilities_csv(path: str | Path) -> pd.DataFrame:
-    """``case_id,prob_0,prob_1,prob_2,predicted_subtype``, checked.
-
-    Fails (UserInputError naming the file) on missing columns, duplicate case ids, probabilities that
-    are not numbers in [0, 1] or whose rows do not sum to 1, and a ``predicted_subtype`` that is not
-    the argmax of its row (ties within 1e-6 excepted). ``predicted_subtype`` in the result is the argmax.
-    """
-    path = Path(path)
-    df = _read_table(path, "class probabilities file", "CSV", PROBABILITIES_CSV_COLUMNS, dtype={"case_id": str})
-    problems = []
-    dup = sorted(df.loc[df["case_id"].duplicated(), "case_id"].unique().tolist())
-    if dup:
-        problems.append(f"duplicate case_id(s): {', '.join(dup[:10])}")
-    probs = df[PROBABILITY_COLUMNS].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
-    bad_value = ~np.all(np.isfinite(probs) & (probs >= 0) & (probs <= 1), axis=1)
-    bad_sum = ~bad_value & (np.abs(np.nan_to_num(probs).sum(axis=1) - 1.0) > ROW_SUM_ATOL)
-    for i in np.flatnonzero(bad_value)[:10]:
-        problems.append(f"{df['case_id'].iloc[i]}: probabilities are not numbers in [0, 1]")
-    for i in np.flatnonzero(bad_sum)[:10]:
-        problems.append(f"{df['case_id'].iloc[i]}: probabilities sum to {probs[i].sum():.6g}, not 1")
-    if not problems:
-        argmax = predicted_classes(probs)
-        stated = pd.to_numeric(df["predicted_subtype"], errors="coerce").to_numpy(dtype=float)
-        for i in range(len(df)):
-            s = stated[i]
-            ok = np.isfinite(s) and s in CLASSES and (
-                int(s) == argmax[i] or probs[i, int(s)] >= probs[i].max() - TIE_ATOL)
-            if not ok:
-                problems.append(f"{df['case_id'].iloc[i]}: predicted_subtype {df['predicted_subtype'].iloc[i]!r} "
-                                f"is not the argmax ({argmax[i]}) of its probabilities")
-    if problems:
-        raise UserInputError(f"{path}: invalid class probabilities", problems)
-    out = df[["case_id"]].copy()
-    for k, col in enumerate(PROBABILITY_COLUMNS):
-        out[col] = probs[:, k]
-    out["predicted_subtype"] = predicted_classes(probs)
-    return out.reset_index(drop=True)
-
-
-def read_case_table(path: str | Path) -> pd.DataFrame:
-    """The case table ``case_id,split,subtype,image,mask``; ``subtype`` as nullable Int64 (empty for test)."""
-    return _read_table(Path(path), "case table", "a case table", CASE_TABLE_COLUMNS,
-                       dtype={"case_id": str, "split": str, "subtype": "Int64", "image": str, "mask": str},
-                       keep_default_na=False, na_values={"subtype": [""]})
-
-
-def _read_table(path: Path, what: str, read_as: str, columns, **read_csv_kwargs) -> pd.DataFrame:
-    """Read a CSV with the given columns; a missing file, unreadable CSV or missing column is a UserInputError."""
-    if not path.is_file():
-        raise UserInputError(f"{what} not found: {path}")
-    try:
-        df = pd.read_csv(path, **read_csv_kwargs)
-    except Exception as err:
-        raise UserInputError(f"{path}: cannot be read as {read_as} ({type(err).__name__}: {err})") from err
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise UserInputError(f"{path}: missing column(s) {', '.join(missing)} (expected {','.join(columns)})")
-    return df

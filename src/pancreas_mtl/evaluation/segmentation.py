@@ -42,48 +42,72 @@ the reference's NIfTI header zooms, in the array's axis order.
 
 For speed, both masks are cropped to the bounding box of their union plus one voxel of background
 before MONAI sees them (MONAI crops the same way internally); no metric changes.
+
+:func:`dice` is the project's plain-numpy Dice of two boolean masks (1 when both are empty), for code
+that needs no surface metrics (the trainers' full validation, the inference benchmark's agreement check).
+MONAI (and torch, which MONAI's metrics need) are imported only when surface metrics are computed, so
+this module imports without them (the nnU-Net environment has no MONAI).
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
-import torch
-from monai.metrics import (
-    compute_average_surface_distance,
-    compute_dice,
-    compute_hausdorff_distance,
-    compute_surface_dice,
-)
 
+from pancreas_mtl.data.labels import BACKGROUND_LABEL, LESION_LABEL, MASK_LABELS
+from pancreas_mtl.data.validation import process_pool
 from pancreas_mtl.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
 REGIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "whole": lambda labels: labels > 0,
-    "lesion": lambda labels: labels == 2,
+    "whole": lambda labels: labels > BACKGROUND_LABEL,
+    "lesion": lambda labels: labels == LESION_LABEL,
 }
 METRICS = ("dice", "nsd", "hd95", "msd")
 TABLE_COLUMNS = ["case_id", "region", *METRICS, "reference_voxels", "predicted_voxels"]
-VALID_LABELS = (0, 1, 2)
 #: largest difference (mm) tolerated between the prediction's and the reference's affine entries
 AFFINE_ATOL = 1e-4
 
 
 # -- one case ---------------------------------------------------------------------------------------
 
-def _as_batch(mask: np.ndarray) -> torch.Tensor:
+def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
+    """Dice of two boolean masks, ``2 |P & R| / (|P| + |R|)``; 1.0 when both are empty (nothing to
+    find, nothing found). Plain numpy."""
+    prediction = np.asarray(prediction, dtype=bool)
+    reference = np.asarray(reference, dtype=bool)
+    if prediction.shape != reference.shape:
+        raise ValueError(f"prediction shape {prediction.shape} differs from reference shape {reference.shape}")
+    total = np.count_nonzero(prediction) + np.count_nonzero(reference)
+    if total == 0:
+        return 1.0
+    return float(2.0 * np.count_nonzero(prediction & reference) / total)
+
+
+def _torch():
+    """torch, imported on first use (MONAI's metrics take tensors); see the module docstring."""
+    import torch
+
+    return torch
+
+
+def _monai_metrics():
+    """:mod:`monai.metrics`, imported on first use; see the module docstring."""
+    from monai import metrics
+
+    return metrics
+
+
+def _as_batch(mask: np.ndarray):
     """A binary mask as MONAI's one-channel batch-first float tensor [1, 1, *spatial]."""
-    return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+    return _torch().from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
 
 
 def _crop_to_union(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -121,17 +145,18 @@ def region_metrics(prediction: np.ndarray, reference: np.ndarray, spacing: Seque
 
     pred, ref = _crop_to_union(pred, ref)
     y_pred, y = _as_batch(pred), _as_batch(ref)
+    metrics = _monai_metrics()
     with warnings.catch_warnings():
         # MONAI passes its own deprecated argument (always_return_as_numpy) internally
         warnings.simplefilter("ignore", FutureWarning)
-        dice = compute_dice(y_pred, y, include_background=True, ignore_empty=False)
-        nsd = compute_surface_dice(y_pred, y, [float(nsd_tolerance_mm)], include_background=True,
-                                   spacing=spacing)
-        hd95 = compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95,
-                                          spacing=spacing)
-        msd = compute_average_surface_distance(y_pred, y, include_background=True, symmetric=True,
-                                               spacing=spacing)
-    return {"dice": float(dice.item()), "nsd": float(nsd.item()), "hd95": float(hd95.item()),
+        dsc = metrics.compute_dice(y_pred, y, include_background=True, ignore_empty=False)
+        nsd = metrics.compute_surface_dice(y_pred, y, [float(nsd_tolerance_mm)], include_background=True,
+                                           spacing=spacing)
+        hd95 = metrics.compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95,
+                                                  spacing=spacing)
+        msd = metrics.compute_average_surface_distance(y_pred, y, include_background=True, symmetric=True,
+                                                       spacing=spacing)
+    return {"dice": float(dsc.item()), "nsd": float(nsd.item()), "hd95": float(hd95.item()),
             "msd": float(msd.item())}
 
 
@@ -169,9 +194,9 @@ def _load_labels(path: Path) -> tuple[np.ndarray | None, str | None]:
         if not np.all(np.isfinite(data)) or not np.array_equal(data, np.rint(data)):
             return None, f"{path}: labels are not whole numbers (dtype {data.dtype})"
     values = np.unique(data)
-    bad = [v for v in values.tolist() if v not in VALID_LABELS]
+    bad = [v for v in values.tolist() if v not in MASK_LABELS]
     if bad:
-        return None, f"{path}: labels {bad[:10]} outside {list(VALID_LABELS)}"
+        return None, f"{path}: labels {bad[:10]} outside {list(MASK_LABELS)}"
     return data.astype(np.uint8), None
 
 
@@ -242,7 +267,7 @@ def _evaluate_case(job: tuple[str, Path, Path, float]) -> tuple[list[dict], list
 
 
 def _worker_init() -> None:
-    torch.set_num_threads(1)
+    _torch().set_num_threads(1)
 
 
 def evaluate_segmentation(pairs: list[tuple[str, Path, Path]], nsd_tolerance_mm: float = 2.0,
@@ -265,9 +290,8 @@ def evaluate_segmentation(pairs: list[tuple[str, Path, Path]], nsd_tolerance_mm:
     if n_workers == 1:
         results = [_evaluate_case(job) for job in jobs]
     else:
-        methods = multiprocessing.get_all_start_methods()
-        ctx = multiprocessing.get_context("fork") if "fork" in methods else None
-        with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_worker_init) as pool:
+        _monai_metrics()  # imported once here, so that the forked workers inherit it
+        with process_pool(n_workers, initializer=_worker_init) as pool:
             results = list(pool.map(_evaluate_case, jobs))
     problems = [p for _, case_problems in results for p in case_problems]
     if problems:

@@ -13,6 +13,7 @@
 ``whole_pancreas_hd95_n_undefined``); ``macro_f1``, ``balanced_accuracy``, ``accuracy``,
 ``brier_score``, ``ece``, ``n_cases`` (classified validation cases), ``n_segmentation_cases`` and
 ``nsd_tolerance_mm``. NaN and infinities are written as JSON ``null`` everywhere.
+:func:`read_segmentation_per_case` reads ``segmentation_per_case.csv`` back (the report does).
 """
 
 from __future__ import annotations
@@ -25,8 +26,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pancreas_mtl.evaluation.segmentation import METRICS
+from pancreas_mtl.data.case_table import read_checked_csv
+from pancreas_mtl.evaluation.segmentation import METRICS, TABLE_COLUMNS
 
+SEGMENTATION_PER_CASE_FILE = "segmentation_per_case.csv"
+SEGMENTATION_SUMMARY_FILE = "segmentation_summary.json"
+CLASSIFICATION_FILE = "classification.json"
+SUMMARY_FILE = "summary.json"
 REGION_PREFIX = {"whole": "whole_pancreas", "lesion": "lesion"}
 SUMMARY_STATS = ("mean", "std", "median", "n_undefined")
 CLASSIFICATION_KEYS = ("macro_f1", "balanced_accuracy", "accuracy", "brier_score", "ece")
@@ -100,11 +106,17 @@ def write_metrics(out_dir: Path, seg_table: pd.DataFrame, seg_summary: dict, cls
         if key not in summary or summary[key] is None:
             summary[key] = value
 
-    csv_path = out_dir / "segmentation_per_case.csv"
+    csv_path = out_dir / SEGMENTATION_PER_CASE_FILE
     tmp = csv_path.with_name(f".{csv_path.name}.partial")
     seg_table.to_csv(tmp, index=False, na_rep="")
     os.replace(tmp, csv_path)
-    write_json(out_dir / "segmentation_summary.json", seg_summary)
-    write_json(out_dir / "classification.json", cls)
-    write_json(out_dir / "summary.json", summary)
+    write_json(out_dir / SEGMENTATION_SUMMARY_FILE, seg_summary)
+    write_json(out_dir / CLASSIFICATION_FILE, cls)
+    write_json(out_dir / SUMMARY_FILE, summary)
     return summary
+
+
+def read_segmentation_per_case(path: str | Path) -> pd.DataFrame:
+    """``segmentation_per_case.csv`` as :func:`write_metrics` writes it, checked; undefined values are NaN."""
+    return read_checked_csv(path, "per-case segmentation table", "a per-case segmentation table", TABLE_COLUMNS,
+                            dtype={"case_id": str, "region": str})

@@ -24,6 +24,8 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from pancreas_mtl.data.labels import BACKGROUND_LABEL, LESION_LABEL, SUBTYPES
+
 DPI = 120
 
 #: Okabe-Ito palette
@@ -192,7 +194,7 @@ def plot_training_curves(stage_logs: dict[str, dict], out_png: str | Path) -> Pa
 
 # ---------------------------------------------------------------------------------------------- 2 confusion matrix
 def plot_confusion_matrix(confusion: Sequence[Sequence[int]], out_png: str | Path,
-                          class_names: Sequence[str] = ("subtype 0", "subtype 1", "subtype 2"),
+                          class_names: Sequence[str] = tuple(f"subtype {s}" for s in SUBTYPES),
                           title: str = "Lesion subtype classification (validation)",
                           macro_f1: float | None = None) -> Path:
     """Counts and row-normalised percentages (rows = truth, columns = prediction)."""
@@ -304,10 +306,10 @@ def select_slice(labels: np.ndarray) -> int:
     labels = np.asarray(labels)
     if labels.ndim != 3:
         raise ValueError(f"expected a 3D label map, got shape {labels.shape}")
-    lesion_area = (labels == 2).sum(axis=(0, 1))
+    lesion_area = (labels == LESION_LABEL).sum(axis=(0, 1))
     if lesion_area.max() > 0:
         return int(np.argmax(lesion_area))
-    pancreas_area = (labels > 0).sum(axis=(0, 1))
+    pancreas_area = (labels > BACKGROUND_LABEL).sum(axis=(0, 1))
     if pancreas_area.max() > 0:
         return int(np.argmax(pancreas_area))
     return labels.shape[-1] // 2
@@ -362,11 +364,11 @@ def _crop_box(mask: np.ndarray, spacing_xy: tuple[float, float], margin_mm: floa
 
 def _overlay(ax, labels: np.ndarray, aspect: float, alpha: float = 0.45) -> None:
     cmap = ListedColormap([PANCREAS_COLOUR, LESION_COLOUR])
-    shown = np.ma.masked_where(labels == 0, np.where(labels == 2, 1, 0))
+    shown = np.ma.masked_where(labels == BACKGROUND_LABEL, np.where(labels == LESION_LABEL, 1, 0))
     ax.imshow(shown, cmap=cmap, vmin=0, vmax=1, alpha=alpha, origin="lower", interpolation="nearest",
               aspect=aspect)
-    for value, colour in ((1, PANCREAS_COLOUR), (2, LESION_COLOUR)):
-        region = (labels >= value).astype(float) if value == 1 else (labels == 2).astype(float)
+    for mask, colour in ((labels > BACKGROUND_LABEL, PANCREAS_COLOUR), (labels == LESION_LABEL, LESION_COLOUR)):
+        region = mask.astype(float)
         if region.any() and not region.all():
             ax.contour(region, levels=[0.5], colors=[colour], linewidths=1.2, origin="lower")
 
@@ -397,7 +399,7 @@ def plot_overlay_montage(cases: list[dict], out_png: str | Path, *, level: float
         ct = _radiological(window_ct(image[:, :, z], level, width))
         ref = _radiological(reference[:, :, z])
         pred = _radiological(prediction[:, :, z])
-        rows, cols = _crop_box((ref > 0) | (pred > 0), zooms)
+        rows, cols = _crop_box((ref > BACKGROUND_LABEL) | (pred > BACKGROUND_LABEL), zooms)
         full_shape = ct.shape
         ct, ref, pred = ct[rows, cols], ref[rows, cols], pred[rows, cols]
         cropped = cropped or ct.shape != full_shape
@@ -409,8 +411,8 @@ def plot_overlay_montage(cases: list[dict], out_png: str | Path, *, level: float
             ax.imshow(ct, cmap="gray", vmin=0, vmax=1, origin="lower", aspect=aspect, interpolation="bilinear")
             if labels is not None:
                 _overlay(ax, labels, aspect)
-            if what == "prediction" and (ref > 0).any() and not (ref > 0).all():
-                ax.contour((ref > 0).astype(float), levels=[0.5], colors="white", linewidths=0.9,
+            if what == "prediction" and (ref > BACKGROUND_LABEL).any() and not (ref > BACKGROUND_LABEL).all():
+                ax.contour((ref > BACKGROUND_LABEL).astype(float), levels=[0.5], colors="white", linewidths=0.9,
                            linestyles="--", origin="lower")
             ax.set_xticks([])
             ax.set_yticks([])
@@ -424,7 +426,7 @@ def plot_overlay_montage(cases: list[dict], out_png: str | Path, *, level: float
         dice_text = f"whole-pancreas Dice {float(dice_value):.3f}" if dice_value is not None and \
             np.isfinite(float(dice_value)) else "Dice n/a"
         label = case.get("label", "")
-        lesion_px = int((reference[:, :, z] == 2).sum())
+        lesion_px = int((reference[:, :, z] == LESION_LABEL).sum())
         z_file = _file_slice_index(case["reference"], z)
         axes[row, 0].set_ylabel(f"{case['case_id']}\n{label}: {dice_text}\naxial slice {z_file}"
                                 f"{'' if lesion_px else ' (no lesion)'}", fontsize=9)

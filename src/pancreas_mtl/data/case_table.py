@@ -1,0 +1,73 @@
+"""``case_table.csv``: one row per converted case, written by the conversion and read by every later step.
+
+Columns ``case_id,split,subtype,image,mask``: ``split`` is train, validation or test; ``subtype`` is empty for
+test cases; ``image`` and ``mask`` are paths relative to the raw nnU-Net dataset folder (``mask`` empty for
+test cases).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pandas as pd
+
+from pancreas_mtl.errors import UserInputError
+
+CASE_TABLE_FILE = "case_table.csv"
+CASE_TABLE_COLUMNS = ("case_id", "split", "subtype", "image", "mask")
+
+
+def write_case_table(path: str | Path, rows: list[dict[str, str]]) -> Path:
+    path = Path(path)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CASE_TABLE_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def read_checked_csv(path: str | Path, what: str, read_as: str, columns, **read_csv_kwargs) -> pd.DataFrame:
+    """Read a CSV file that must hold ``columns``; the project's one checked CSV reader.
+
+    A missing file (``"{what} not found: {path}"``), a file pandas cannot read (``"{path}: cannot be read
+    as {read_as} (...)"``) and missing columns each raise :class:`~pancreas_mtl.errors.UserInputError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{what} not found: {path}")
+    try:
+        table = pd.read_csv(path, **read_csv_kwargs)
+    except Exception as err:
+        raise UserInputError(f"{path}: cannot be read as {read_as} ({type(err).__name__}: {err})") from err
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise UserInputError(f"{path}: missing column(s) {', '.join(missing)} (expected {','.join(columns)})")
+    return table
+
+
+def read_case_table(path: str | Path) -> pd.DataFrame:
+    """The table, checked; ``subtype`` as nullable Int64 (empty for test cases)."""
+    return read_checked_csv(
+        path, "case table", "a case table", CASE_TABLE_COLUMNS,
+        dtype={"case_id": str, "split": str, "subtype": "Int64", "image": str, "mask": str},
+        keep_default_na=False, na_values={"subtype": [""]},
+    )
+
+
+def case_subtypes(path: str | Path) -> dict[str, int]:
+    """case_id -> subtype of every labelled case."""
+    table = read_case_table(path)
+    labelled = table[table["subtype"].notna()]
+    return dict(zip(labelled["case_id"], labelled["subtype"].astype(int)))
+
+
+def split_cases(path: str | Path, split: str) -> pd.DataFrame:
+    """The rows of one split (train, validation, test), in the table's order."""
+    table = read_case_table(path)
+    return table[table["split"] == split].reset_index(drop=True)
+
+
+def split_images(path: str | Path, raw_dataset: str | Path, split: str) -> list[Path]:
+    """The image files of one split, as paths under the raw dataset folder."""
+    return [Path(raw_dataset) / image for image in split_cases(path, split)["image"]]
