@@ -45,6 +45,8 @@ def test_every_schema_property_has_a_description_and_default(schema):
             walk(sub, f"{where}.{name}")
 
     walk(schema, "config")
+    for name, shared in schema["$defs"].items():
+        walk(shared, f"$defs.{name}")
 
 
 @pytest.mark.parametrize(

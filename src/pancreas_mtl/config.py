@@ -38,14 +38,23 @@ def _location(error: jsonschema.ValidationError) -> str:
     return path or "(top level)"
 
 
+def _allowed_keys(node: dict, schema: dict) -> list[str]:
+    """The property names a schema node allows, its ``$ref``'d shared block included."""
+    keys = set(node.get("properties", {}))
+    ref = node.get("$ref", "")
+    if ref.startswith("#/$defs/"):
+        keys |= set(_allowed_keys(schema["$defs"][ref[len("#/$defs/"):]], schema))
+    return sorted(keys)
+
+
 def config_problems(config: dict[str, Any], schema: dict) -> list[str]:
     """Fill defaults into ``config`` in place and return one readable line per schema violation."""
     validator = _DefaultFillingValidator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     problems = []
     for error in errors:
-        if error.validator == "additionalProperties":
-            allowed = sorted(error.schema.get("properties", {}))
+        if error.validator in ("additionalProperties", "unevaluatedProperties"):
+            allowed = _allowed_keys(error.schema, schema)
             problems.append(f"{_location(error)}: {error.message}; allowed keys: {', '.join(allowed)}")
         else:
             problems.append(f"{_location(error)}: {error.message}")

@@ -33,7 +33,7 @@ def assert_same_geometry(prediction: Path, image: Path):
 
 
 def test_predictions_have_exactly_the_input_geometry(smoke_workflow):
-    cases = pd.read_csv(smoke_workflow / "results" / "dataset" / "case_table.csv", dtype=str)
+    cases = pd.read_csv(smoke_workflow / "results" / "dataset" / "Dataset501_PancreasQuiz" / "case_table.csv", dtype=str)
     raw = smoke_workflow / "results" / "nnunet" / "raw" / "Dataset501_PancreasQuiz"
     for split in ["validation", "test"]:
         rows = cases[cases["split"] == split]
@@ -65,7 +65,7 @@ def test_with_the_baseline_settings_the_optimized_path_gives_stock_nnunets_masks
     stock.initialize_from_trained_model_folder(folder, (0,), "checkpoint_final.pth")
     ours = MultiTaskPredictor(tile_step_size=0.5, use_gaussian=True, mirror_axes=None, device=cpu)
     ours.initialize_from_trained_model_folder(folder, (0,), "checkpoint_final.pth")
-    assert ours.allowed_mirroring_axes == stock.allowed_mirroring_axes and len(ours._mirror_combinations()) == 8
+    assert ours.allowed_mirroring_axes == stock.allowed_mirroring_axes == (0, 1, 2) and ours.use_mirroring
 
     preprocessor = stock.configuration_manager.preprocessor_class(verbose=False)
     raw = smoke_workflow / "results" / "nnunet" / "raw" / "Dataset501_PancreasQuiz"
@@ -84,13 +84,14 @@ def test_with_the_baseline_settings_the_optimized_path_gives_stock_nnunets_masks
 def test_optimized_predictions_on_real_ct_keep_the_real_geometry(smoke_workflow, real_sample_dir, tmp_path):
     """Real files (LPS, int16/int32/float64, 1.5-5 mm slices) through the demo model: exact input geometry back."""
     images = sorted((real_sample_dir / "test").glob("quiz_*_0000.nii.gz"))[:2]
-    settings = InferenceSettings(tile_step_size=1.0, mirror_axes=(), device="cpu", preprocessing_workers=1, export_workers=1)
+    settings = InferenceSettings(tile_step_size=1.0, mirror_axes=(), channels_last=False, device="cpu",
+                                 preprocessing_workers=1, export_workers=1)
     predictor = build_predictor(smoke_workflow / MODEL, [0], "checkpoint_final.pth", settings)
     try:
-        table = predict_images(predictor, images, tmp_path / "out", settings)
+        probabilities = predict_images(predictor, images, tmp_path / "out", settings)
     finally:
         predictor.close()
-    assert list(table["case_id"]) == [i.name[: -len("_0000.nii.gz")] for i in images]
+    assert list(probabilities) == [i.name[: -len("_0000.nii.gz")] for i in images]
     for image in images:
         assert_same_geometry(tmp_path / "out" / image.name.replace("_0000.nii.gz", ".nii.gz"), image)
 
@@ -116,3 +117,45 @@ def test_two_folds_are_ensembled_for_both_heads(smoke_workflow):
     # each fold's logits are accumulated in half precision, as in nnU-Net's own loop (logits up to ~10: 8e-3 steps)
     assert torch.allclose(logits[(0, 1)], (logits[(0,)] + logits[(1,)]) / 2, atol=1e-2)
     assert np.allclose(probabilities[(0, 1)], (probabilities[(0,)] + probabilities[(1,)]) / 2, atol=1e-5)
+
+
+def test_training_validation_and_prediction_give_the_same_masks_and_probabilities(smoke_workflow, tmp_path, monkeypatch):
+    """The trainer's full-volume validation and the workflow's prediction run the same core on the same checkpoint."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+
+    from pancreas_mtl.inference.predictor import preprocess_case
+    from pancreas_mtl.training.settings import SETTINGS_ENV
+    from pancreas_mtl.training.trainers import nnUNetTrainerPancreasMultiTask
+
+    root = smoke_workflow / "results" / "nnunet"
+    model = smoke_workflow / MODEL
+    checkpoint = "checkpoint_best_combined.pth"
+    monkeypatch.setenv("nnUNet_raw", str(root / "raw"))
+    monkeypatch.setenv("nnUNet_preprocessed", str(root / "preprocessed"))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "trained"))  # the trainer's own folder: not the smoke run's
+    monkeypatch.setenv(SETTINGS_ENV, str(model / "training_settings_stage2_fold0.json"))
+    trainer = nnUNetTrainerPancreasMultiTask(
+        load_json(str(model / "plans.json")), "3d_cpu_demo", 0, load_json(str(model / "dataset.json")),
+        device=torch.device("cpu"),
+    )
+    trainer.initialize()
+    trainer.load_checkpoint(str(model / "fold_0" / checkpoint))
+    assert trainer.settings.full_validation_tile_step == 0.5 and not trainer.settings.full_validation_mirroring
+    validation = trainer.predict_validation_cases()
+    assert validation
+
+    settings = InferenceSettings(tile_step_size=0.5, mirror_axes=(), channels_last=False, device="cpu",
+                                 preprocessing_workers=1, export_workers=1)
+    predictor = build_predictor(model, [0], checkpoint, settings)
+    images = [root / "raw" / "Dataset501_PancreasQuiz" / "imagesTr" / f"{key}_0000.nii.gz" for key in validation]
+    try:
+        predicted = predict_images(predictor, images, tmp_path / "masks", settings)
+    finally:
+        predictor.close()
+    for key, (labels, probabilities) in validation.items():
+        assert np.allclose(predicted[key], probabilities, atol=1e-6), key
+        data, _ = preprocess_case(str(root / "raw" / "Dataset501_PancreasQuiz" / "imagesTr" / f"{key}_0000.nii.gz"),
+                                  predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json)
+        logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data))
+        assert np.array_equal(logits.argmax(0).numpy(), labels), key
+        assert np.allclose(predictor.last_class_probabilities, probabilities, atol=1e-6), key

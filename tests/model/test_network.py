@@ -160,12 +160,12 @@ def test_output_shapes(variant):
     m = _build(ds=True, variant=variant).eval()
     x = _x()
     with torch.no_grad():
-        seg, logits = m.forward_multitask(x)
+        seg, logits = m(x, return_class_logits=True)
         assert isinstance(seg, list) and len(seg) == 3
         assert [tuple(s.shape) for s in seg] == [(2, 3, 16, 32, 32), (2, 3, 16, 16, 16), (2, 3, 8, 8, 8)]
         assert logits.shape == (2, 3)
         m.decoder.deep_supervision = False
-        seg2, logits2 = m.forward_multitask(x)
+        seg2, logits2 = m(x, return_class_logits=True)
     assert isinstance(seg2, torch.Tensor) and seg2.shape == (2, 3, *PATCH)
     torch.testing.assert_close(seg2, seg[0])
     torch.testing.assert_close(logits2, logits)
@@ -176,7 +176,7 @@ def test_forward_equals_multitask_seg_output(model):
     x = _x()
     with torch.no_grad():
         plain_out = model(x)
-        seg, _ = model.forward_multitask(x)
+        seg, _ = model(x, return_class_logits=True)
     assert len(plain_out) == len(seg)
     for a, b in zip(plain_out, seg):
         assert torch.equal(a, b)
@@ -199,7 +199,7 @@ def _grads_from_class_loss(m: MultiTaskUNet):
     m.train()
     _randomise_(m)
     m.zero_grad(set_to_none=True)
-    _, logits = m.forward_multitask(_x())
+    _, logits = m(_x(), return_class_logits=True)
     torch.nn.functional.cross_entropy(logits, torch.tensor([0, 2])).backward()
     return dict(m.named_parameters())
 
@@ -255,8 +255,8 @@ def test_heads_are_interchangeable():
     a.eval(), b.eval()
     x = _x()
     with torch.no_grad():
-        sa, la = a.forward_multitask(x)
-        sb, lb = b.forward_multitask(x)
+        sa, la = a(x, return_class_logits=True)
+        sb, lb = b(x, return_class_logits=True)
     assert all(torch.equal(u, v) for u, v in zip(sa, sb))
     assert la.shape == lb.shape == (2, 3)
 
@@ -414,14 +414,14 @@ def test_apply_initialize_works_and_resets_head():
     assert torch.all(head.guidance_scales == 1.0)
     # residual blocks: last norm zeroed by ResidualEncoderUNet.initialize, i.e. the seg init was applied
     assert torch.count_nonzero(m.encoder.stages[1].blocks[0].conv2.norm.weight) == 0
-    _, logits = m.eval().forward_multitask(_x(b=1))
+    _, logits = m.eval()(_x(b=1), return_class_logits=True)
     assert torch.isfinite(logits).all()
 
 
 def test_plain_conv_unet_supported():
     m = _build(unet="PlainConvUNet", ds=False)
     out = m(_x(b=1))
-    seg, logits = m.forward_multitask(_x(b=1))
+    seg, logits = m(_x(b=1), return_class_logits=True)
     assert isinstance(out, torch.Tensor) and out.shape == (1, 3, *PATCH)
     assert logits.shape == (1, 3)
     assert torch.equal(out, seg)

@@ -64,8 +64,11 @@ def plans_with(child: dict) -> dict:
     }
 
 
+SMALL = {"feature_divisor": 4, "max_blocks_per_stage": 1, "batch_size": 2}
+
+
 def test_small_configuration_inherits_preprocessing_and_shrinks_the_network():
-    child = derive_small_configuration(PARENT, feature_divisor=4, max_blocks_per_stage=2, batch_size=3)
+    child = derive_small_configuration(PARENT, feature_divisor=4, max_blocks_per_stage=2, batch_size=3, patch_size=None)
     assert child["inherits_from"] == "3d_fullres"
     assert "data_identifier" not in child  # reuses the parent's preprocessed data
     resolved = PlansManager(plans_with(child)).get_configuration("3d_cpu_demo")
@@ -80,12 +83,12 @@ def test_small_configuration_inherits_preprocessing_and_shrinks_the_network():
 
 
 def test_smaller_patch_must_fit_the_downsampling():
-    child = derive_small_configuration(PARENT, patch_size=[16, 32, 32])
+    child = derive_small_configuration(PARENT, **SMALL, patch_size=[16, 32, 32])
     assert child["patch_size"] == [16, 32, 32]
     with pytest.raises(UserInputError, match=r"axis 1 \(40\) must be a positive multiple of 16"):
-        derive_small_configuration(PARENT, patch_size=[16, 40, 32])
+        derive_small_configuration(PARENT, **SMALL, patch_size=[16, 40, 32])
     with pytest.raises(UserInputError, match="has 2 axes"):
-        derive_small_configuration(PARENT, patch_size=[32, 32])
+        derive_small_configuration(PARENT, **SMALL, patch_size=[32, 32])
 
 
 def test_add_configuration_keeps_the_planned_ones(tmp_path):
@@ -93,7 +96,7 @@ def test_add_configuration_keeps_the_planned_ones(tmp_path):
     plans = plans_with({})
     del plans["configurations"]["3d_cpu_demo"]
     plans_file.write_text(json.dumps(plans))
-    add_configuration(plans_file, "3d_cpu_demo", derive_small_configuration(PARENT))
+    add_configuration(plans_file, "3d_cpu_demo", derive_small_configuration(PARENT, **SMALL, patch_size=None))
     written = json.loads(plans_file.read_text())
     assert written["configurations"]["3d_fullres"] == PARENT
     assert written["configurations"]["3d_cpu_demo"]["inherits_from"] == "3d_fullres"

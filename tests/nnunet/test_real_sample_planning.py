@@ -43,7 +43,9 @@ def test_real_sample_converts_plans_and_runs_one_patch_of_the_real_network(real_
     assert list((preprocessed / full["data_identifier"]).glob("quiz_0_324*"))
 
     # the real configuration's multi-task network, untrained: one patch, no mirroring (about 7 s on 2 cores)
-    model = make_untrained_model_folder(preprocessed, "nnUNetResEncUNetMPlans", "3d_fullres", tmp_path / "model")
+    model = make_untrained_model_folder(
+        preprocessed / "nnUNetResEncUNetMPlans.json", preprocessed / "dataset.json", "3d_fullres", tmp_path / "model"
+    )
     register_trainers()
     predictor = MultiTaskPredictor(tile_step_size=1.0, mirror_axes=(), device=torch.device("cpu"))
     predictor.initialize_from_trained_model_folder(str(model), (0,), "checkpoint_final.pth")

@@ -4,15 +4,21 @@
 import pytest
 import torch
 
-from pancreas_mtl.model.trainers import (
-    CheckpointSelector,
-    FocalLoss,
-    PolyLRPerParamGroup,
-    class_weights_from_counts,
-    nnUNetTrainerPancreasMultiTask,
-    read_case_subtypes,
-)
-from pancreas_mtl.model.training_settings import SETTINGS_ENV, TrainingSettings
+from pancreas_mtl.config import config_problems, load_schema
+from pancreas_mtl.nnunet.trainer_names import STAGE1_TRAINER, STAGE2_TRAINERS
+from pancreas_mtl.training import trainers
+from pancreas_mtl.training.losses import FocalLoss, PolyLRPerParamGroup, class_weights_from_counts
+from pancreas_mtl.training.selection import CheckpointSelector
+from pancreas_mtl.training.settings import SETTINGS_ENV, TrainingSettings, stage_settings
+from pancreas_mtl.training.trainers import nnUNetTrainerPancreasMultiTask
+from tests.workflow_helpers import REPO
+
+
+def schema_default_training() -> dict:
+    """The config's ``training`` section with every value at its schema default."""
+    config: dict = {}
+    assert config_problems(config, load_schema(REPO / "workflow" / "schemas" / "config.schema.yaml")) == []
+    return config["training"]
 
 
 def test_selector_keeps_the_epoch_of_the_best_f1_and_earliest_among_equals():
@@ -62,15 +68,34 @@ def test_poly_schedule_keeps_each_groups_ratio():
 
 
 def test_settings_reject_unknown_keys_and_bad_loss(tmp_path, monkeypatch):
+    training = schema_default_training()
     with pytest.raises(ValueError, match="unknown training settings: epochs"):
-        TrainingSettings.from_dict({"epochs": 3})
+        TrainingSettings.from_dict({**training["stage1"], "epochs": 3})
     with pytest.raises(ValueError, match="classification_loss"):
-        TrainingSettings(classification_loss="hinge")
-    path = TrainingSettings(num_epochs=3).write(tmp_path / "s.json")
+        stage_settings(training, "stage2", classification_loss="hinge")
+    path = stage_settings(training, "stage1", num_epochs=3).write(tmp_path / "s.json")
     monkeypatch.setenv(SETTINGS_ENV, str(path))
     assert TrainingSettings.from_environment().num_epochs == 3
     monkeypatch.delenv(SETTINGS_ENV)
-    assert TrainingSettings.from_environment() == TrainingSettings()
+    with pytest.raises(RuntimeError, match=SETTINGS_ENV):
+        TrainingSettings.from_environment()
+    assert TrainingSettings.from_environment(required=False) is None
+
+
+def test_settings_take_every_default_from_the_schema():
+    """The dataclass repeats no default: each stage's settings are exactly the schema's stage section."""
+    training = schema_default_training()
+    for stage in ("stage1", "stage2"):
+        settings = stage_settings(training, stage)
+        for key, value in training[stage].items():
+            assert getattr(settings, key) == value, (stage, key)
+    assert stage_settings(training, "stage1").head_dropout is None
+
+
+def test_trainer_classes_carry_the_names_the_workflow_uses():
+    assert trainers.nnUNetTrainerPancreasSeg.__name__ == STAGE1_TRAINER
+    for head, name in STAGE2_TRAINERS.items():
+        assert getattr(trainers, name).head_variant == head
 
 
 @pytest.mark.slow
@@ -85,8 +110,9 @@ def test_stage2_trainer_lands_stage1_weights_exactly(smoke_workflow, tmp_path, m
     monkeypatch.setenv("nnUNet_raw", str(root / "raw"))
     monkeypatch.setenv("nnUNet_preprocessed", str(root / "preprocessed"))
     monkeypatch.setenv("nnUNet_results", str(tmp_path / "trained"))  # the trainer's own folder: not the smoke run's
-    settings = TrainingSettings(
-        case_table=str(smoke_workflow / "results" / "dataset" / "case_table.csv"), stage1_checkpoint=str(stage1_file)
+    settings = stage_settings(
+        schema_default_training(), "stage2", stage1_checkpoint=str(stage1_file),
+        case_table=str(smoke_workflow / "results" / "dataset" / dataset / "case_table.csv"),
     )
     monkeypatch.setenv(SETTINGS_ENV, str(settings.write(tmp_path / "settings.json")))
     plans = load_json(str(root / "preprocessed" / dataset / "nnUNetResEncUNetMPlans.json"))

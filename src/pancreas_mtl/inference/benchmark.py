@@ -22,7 +22,7 @@ import os
 import resource
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -30,15 +30,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pancreas_mtl.data.case_table import split_images
+from pancreas_mtl.data.class_probabilities import read_class_probabilities, write_class_probabilities
+from pancreas_mtl.errors import UserInputError
+from pancreas_mtl.evaluation.segmentation import dice
 from pancreas_mtl.inference.predictor import preprocess_case
-from pancreas_mtl.inference.run import (
-    InferenceSettings,
-    build_predictor,
-    case_id_of_image,
-    class_probability_table,
-    predict_images,
-)
-from pancreas_mtl.model.sliding_window import dice
+from pancreas_mtl.inference.run import InferenceSettings, build_predictor, case_id_of_image, predict_images
 from pancreas_mtl.nnunet.environment import register_trainers, run_command
 
 log = logging.getLogger(__name__)
@@ -105,16 +102,15 @@ def run_path(path: str, model_folder: Path, folds: list[int], checkpoint_name: s
         timer = _CaseTimer(predictor)
 
         def one_pass_over_cases():
-            table = predict_images(predictor, images, masks_dir, settings)
-            return table, list(timer.seconds[-len(images):])
+            return predict_images(predictor, images, masks_dir, settings), list(timer.seconds[-len(images):])
 
     elif path == "baseline":
         stock = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True, device=device,
                                 verbose=False, allow_tqdm=False)
         stock.initialize_from_trained_model_folder(str(model_folder), tuple(folds), checkpoint_name)
         timer = _CaseTimer(stock)
-        second = build_predictor(model_folder, folds, checkpoint_name, InferenceSettings(
-            tile_step_size=0.5, mirror_axes=(), device=settings.device))
+        second = build_predictor(model_folder, folds, checkpoint_name,
+                                 replace(settings, tile_step_size=0.5, mirror_axes=(), channels_last=False))
 
         def one_pass_over_cases():
             masks_dir.mkdir(parents=True, exist_ok=True)
@@ -126,11 +122,11 @@ def run_path(path: str, model_folder: Path, folds: list[int], checkpoint_name: s
             )
             seg_seconds = list(timer.seconds[-len(images):])
             probabilities, cls_seconds = _second_pass_classification(second, images)
-            return class_probability_table(probabilities), [a + b for a, b in zip(seg_seconds, cls_seconds)]
+            return probabilities, [a + b for a, b in zip(seg_seconds, cls_seconds)]
 
     elif path == "one_pass":
-        predictor = build_predictor(model_folder, folds, checkpoint_name, InferenceSettings(
-            tile_step_size=1.0, mirror_axes=(), device=settings.device))
+        predictor = build_predictor(model_folder, folds, checkpoint_name,
+                                    replace(settings, tile_step_size=1.0, mirror_axes=()))
         volumes = [_preprocess(predictor, image) for image in images]
         result["preprocessed_shapes"] = [list(v.shape[1:]) for v in volumes]
         result["patch_size"] = list(predictor.configuration_manager.patch_size)
@@ -150,13 +146,13 @@ def run_path(path: str, model_folder: Path, folds: list[int], checkpoint_name: s
     totals, per_case = [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        table, seconds = one_pass_over_cases()
+        probabilities, seconds = one_pass_over_cases()
         totals.append(time.perf_counter() - start)
         per_case.append(seconds)
     if path == "optimized":
         predictor.close()
-    if table is not None:
-        table.to_csv(masks_dir / "class_probabilities.csv", index=False)
+    if probabilities is not None:
+        write_class_probabilities(masks_dir, probabilities)
     if path == "one_pass":
         totals = [sum(s) for s in per_case]  # compute only, by definition of the bound
     result.update(
@@ -176,8 +172,8 @@ def agreement(out_dir: Path, case_ids: list[str]) -> dict:
         a = np.asarray(nib.load(out_dir / "baseline" / f"{case_id}.nii.gz").dataobj) > 0
         b = np.asarray(nib.load(out_dir / "optimized" / f"{case_id}.nii.gz").dataobj) > 0
         dices.append(dice(a, b))
-    base = pd.read_csv(out_dir / "baseline" / "class_probabilities.csv").set_index("case_id")
-    opt = pd.read_csv(out_dir / "optimized" / "class_probabilities.csv").set_index("case_id")
+    base = read_class_probabilities(out_dir / "baseline").set_index("case_id")
+    opt = read_class_probabilities(out_dir / "optimized").set_index("case_id")
     same = (base.loc[case_ids, "predicted_subtype"].values == opt.loc[case_ids, "predicted_subtype"].values)
     return {
         "agreement_whole_dice": float(np.mean(dices)),
@@ -241,6 +237,22 @@ def run_benchmark(model_folder: str | Path, folds: list[int], checkpoint_name: s
     pd.DataFrame(rows).to_csv(out_dir / "per_case.csv", index=False)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def benchmark_split(model_folder: str | Path, folds: list[int], checkpoint_name: str, case_table: str | Path,
+                    raw_dataset: str | Path, split: str, max_cases: int | None, out_dir: str | Path,
+                    settings: InferenceSettings, repeats: int, setting: str, with_agreement: bool,
+                    note: str = "") -> dict:
+    """:func:`run_benchmark` on the first ``max_cases`` images of a split (all with None). Without a ``note``, the
+    checkpoint's own note (the untrained real-scale model carries one) is used."""
+    images = split_images(case_table, raw_dataset, split)[:max_cases]
+    if not images:
+        raise UserInputError(f"{case_table}: no {split} images to benchmark")
+    if not note:
+        checkpoint = Path(model_folder) / f"fold_{folds[0]}" / checkpoint_name
+        note = torch.load(checkpoint, map_location="cpu", weights_only=False).get("note", "")
+    return run_benchmark(model_folder, folds, checkpoint_name, images, out_dir, settings, repeats=repeats,
+                         setting=setting, with_agreement=with_agreement, note=note)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,42 +1,52 @@
-"""The optimized multi-task predictor: nnU-Net's predictor with one encoder pass per tile for both heads.
+"""The multi-task predictor: nnU-Net's predictor with both heads from one encoder pass per tile.
 
-A subclass of :class:`nnunetv2.inference.predict_from_raw_data.nnUNetPredictor`, changed at three hooks:
+One core serves every prediction of the project: the workflow's validation and test predictions, the benchmark,
+and the trainers' full-volume validation (which sets it up with ``manual_initialization``, as nnU-Net's trainer
+sets up ``nnUNetPredictor``). A subclass of :class:`nnunetv2.inference.predict_from_raw_data.nnUNetPredictor`
+(nnunetv2 2.8.1) that extends, and calls, these hooks:
 
-- ``_internal_predict_sliding_window_return_logits`` (the tile loop): tiles go through the network in batches,
-  each forward returns segmentation logits *and* class logits (``network(x, return_class_logits=True)``), and the
-  tile class logits are aggregated with weights given by the predicted lesion probability in each tile;
-- ``predict_logits_from_preprocessed_data``: folds are averaged for both heads, and a single fold's weights are
-  not reloaded for every case (the model stays resident);
-- ``predict_from_data_iterator``: records which case is being predicted, so class probabilities can be written
-  next to the masks (nnU-Net's own loop, with its background preprocessing and export, is kept as it is).
+- ``_internal_maybe_mirror_and_predict`` (one tile, all mirrors): nnU-Net's own mirroring runs on a network
+  call that returns the segmentation and records the tile's class logits; the hook then records the tile's
+  predicted lesion mass. Tile records stay on the device until the case is done;
+- ``predict_sliding_window_return_logits`` (one case, one fold): aggregates the tile records into the case's
+  class probabilities, each tile weighted by its lesion mass (ROI-aware);
+- ``predict_logits_from_preprocessed_data`` (one case, all folds): averages the folds' class probabilities as
+  nnU-Net averages their logits;
+- ``predict_from_data_iterator``: records which case is being predicted (nnU-Net's own loop stays as it is).
 
-:meth:`MultiTaskPredictor.predict_files` is the serving loop the workflow uses: like nnU-Net's, preprocessing of
-the next cases and export of the last ones run in background processes while the model computes, but the worker
-processes are started once and stay up with the model for every later call (nnU-Net starts fresh ones per call,
-seconds of interpreter and torch start-up each time on a CPU).
+A network without a classification head (stage 1) goes through nnU-Net's hooks untouched; its
+``last_class_probabilities`` is None.
 
-Mirroring, tile step and tile batch size are constructor arguments (the workflow sets them from the config).
-With nnU-Net's defaults (step 0.5, Gaussian, all mirror axes, one tile per batch) it computes the same
-segmentation as the stock predictor.
+:meth:`MultiTaskPredictor.predict_files` is the serving loop the workflow uses: this predictor's own worker
+pools preprocess the next cases and export the last ones while the model computes, and, unlike nnU-Net's
+per-call pools, they are started once and stay up for every later call.
+
+With nnU-Net's defaults (step 0.5, Gaussian, all mirror axes) it computes the same segmentation as the stock
+predictor: the segmentation arithmetic is nnU-Net's own.
 """
 
 from __future__ import annotations
 
-import itertools
 import multiprocessing
 from pathlib import Path
-from queue import Queue
-from threading import Thread
 
 import numpy as np
 import torch
 from nnunetv2.inference.export_prediction import export_prediction_from_logits
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-from nnunetv2.inference.sliding_window_prediction import compute_gaussian
-from nnunetv2.utilities.helpers import empty_cache
 from torch._dynamo import OptimizedModule
 
-from pancreas_mtl.model.sliding_window import LESION_LABEL, roi_weighted_class_probabilities
+from pancreas_mtl.data.labels import LESION_LABEL
+
+# A tile with no predicted lesion still votes a little, so a case without lesion gets a defined answer.
+MIN_TILE_WEIGHT = 1e-3
+
+
+def roi_weighted_class_probabilities(tile_class_logits: torch.Tensor, tile_lesion_mass: torch.Tensor) -> torch.Tensor:
+    """Average of tile softmax probabilities weighted by each tile's predicted lesion probability mass."""
+    weights = tile_lesion_mass.float().clamp_min(0) + MIN_TILE_WEIGHT
+    probs = torch.softmax(tile_class_logits.float(), dim=1)
+    return (probs * weights[:, None]).sum(0) / weights.sum()
 
 
 def preprocess_case(image: str, plans_manager, configuration_manager, dataset_json) -> tuple[np.ndarray, dict]:
@@ -52,7 +62,6 @@ class MultiTaskPredictor(nnUNetPredictor):
         tile_step_size: float = 0.5,
         use_gaussian: bool = True,
         mirror_axes: tuple[int, ...] | None = (),
-        tile_batch_size: int = 1,
         perform_everything_on_device: bool = True,
         device: torch.device = torch.device("cuda"),
         channels_last: bool = False,
@@ -67,12 +76,14 @@ class MultiTaskPredictor(nnUNetPredictor):
             verbose_preprocessing=False, allow_tqdm=allow_tqdm,
         )
         self.requested_mirror_axes = mirror_axes
-        self.tile_batch_size = max(1, int(tile_batch_size))
         self.channels_last = channels_last
+        self.has_classification_head = False
         self.class_probabilities: dict[str, np.ndarray] = {}
+        self.last_class_probabilities: np.ndarray | None = None
         self._current_case: str | None = None
+        self._tile_class_logits: list[torch.Tensor] = []
+        self._tile_lesion_mass: list[torch.Tensor] = []
         self._fold_class_probabilities: list[torch.Tensor] = []
-        self._loaded_parameters_index: int | None = None
         self._pools: dict[str, multiprocessing.pool.Pool] = {}
 
     # ------------------------------------------------------------------ set-up
@@ -95,12 +106,8 @@ class MultiTaskPredictor(nnUNetPredictor):
         self.network = self.network.to(self.device)
         if self.channels_last:
             self.network = self.network.to(memory_format=torch.channels_last_3d)
-        self._loaded_parameters_index = 0 if self.list_of_parameters else None
-        if not hasattr(self._plain_network(), "classification_head"):
-            raise TypeError(
-                f"{type(self._plain_network()).__name__} has no classification head: the multi-task predictor needs a "
-                "model trained with nnUNetTrainerPancreasMultiTask*"
-            )
+        plain = self.network._orig_mod if isinstance(self.network, OptimizedModule) else self.network
+        self.has_classification_head = hasattr(plain, "classification_head")
 
     # ------------------------------------------------------------------ the serving loop
     def _pool(self, name: str, processes: int):
@@ -139,9 +146,6 @@ class MultiTaskPredictor(nnUNetPredictor):
         for job in exports:
             job.get()
 
-    def _plain_network(self) -> torch.nn.Module:
-        return self.network._orig_mod if isinstance(self.network, OptimizedModule) else self.network
-
     # ------------------------------------------------------------------ per-case bookkeeping
     def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False, num_processes_segmentation_export: int = 2):
         def tracking(iterator):
@@ -152,97 +156,55 @@ class MultiTaskPredictor(nnUNetPredictor):
 
         return super().predict_from_data_iterator(tracking(data_iterator), save_probabilities, num_processes_segmentation_export)
 
-    @torch.inference_mode()
+    # ------------------------------------------------------------------ the hooks
     def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
-        """Segmentation logits averaged over folds; class probabilities of the case stored alongside."""
+        """nnU-Net's fold loop; the folds' class probabilities are averaged like their logits."""
         self._fold_class_probabilities = []
-        prediction = None
-        for index, params in enumerate(self.list_of_parameters or [None]):
-            if params is not None and index != self._loaded_parameters_index:
-                self._plain_network().load_state_dict(params)
-                self._loaded_parameters_index = index
-            logits = self.predict_sliding_window_return_logits(data).to("cpu")
-            prediction = logits if prediction is None else prediction + logits
-        n_folds = len(self.list_of_parameters or [None])
-        if n_folds > 1:
-            prediction /= n_folds
-        probabilities = torch.stack(self._fold_class_probabilities).mean(0).numpy()
-        self.last_class_probabilities = probabilities
-        if self._current_case is not None:
-            self.class_probabilities[self._current_case] = probabilities
+        prediction = super().predict_logits_from_preprocessed_data(data)
+        if self.has_classification_head:
+            self.last_class_probabilities = torch.stack(self._fold_class_probabilities).mean(0).numpy()
+            if self._current_case is not None:
+                self.class_probabilities[self._current_case] = self.last_class_probabilities
         return prediction
 
-    # ------------------------------------------------------------------ the tile loop
-    def _mirror_combinations(self) -> list[tuple[int, ...]]:
-        """Identity first, then nnU-Net's order of mirror-axis combinations (same order, same sums)."""
-        if not self.use_mirroring or not self.allowed_mirroring_axes:
-            return [()]
-        axes = [a + 2 for a in self.allowed_mirroring_axes]
-        return [()] + [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
+    def predict_sliding_window_return_logits(self, input_image: torch.Tensor) -> torch.Tensor:
+        """nnU-Net's sliding window over one case with one set of weights, plus the case's class probabilities."""
+        logits = super().predict_sliding_window_return_logits(input_image)
+        if self.has_classification_head:
+            probabilities = roi_weighted_class_probabilities(
+                torch.cat(self._tile_class_logits), torch.cat(self._tile_lesion_mass)
+            ).cpu()
+            self._fold_class_probabilities.append(probabilities)
+            self.last_class_probabilities = probabilities.numpy()
+        else:
+            self.last_class_probabilities = None
+        return logits
 
-    def _predict_tile_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Segmentation logits and class logits of a batch of tiles, averaged over the mirror combinations."""
-        seg_sum, cls_sum = None, None
-        combinations = self._mirror_combinations()
-        for axes in combinations:
-            inputs = torch.flip(x, axes) if axes else x
+    def _internal_predict_sliding_window_return_logits(self, data, slicers, do_on_device: bool = True):
+        # nnU-Net retries on the CPU when the device runs out of memory: every try starts a fresh tile record.
+        self._tile_class_logits, self._tile_lesion_mass = [], []
+        return super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
+
+    def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.has_classification_head:
+            return super()._internal_maybe_mirror_and_predict(x)
+        # nnU-Net's mirroring calls self.network(x) once per mirror combination. For the length of the call it is
+        # a function returning the segmentation of both heads' single forward and keeping the class logits, so
+        # the segmentation arithmetic (order, sums, division) stays exactly nnU-Net's.
+        network, class_logits = self.network, []
+
+        def segmentation_keeping_class_logits(inputs: torch.Tensor) -> torch.Tensor:
             if self.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
-            seg, logits = self.network(inputs, return_class_logits=True)
-            seg = torch.flip(seg, axes) if axes else seg
-            seg_sum = seg if seg_sum is None else seg_sum + seg
-            cls_sum = logits.float() if cls_sum is None else cls_sum + logits.float()
-        if len(combinations) > 1:
-            seg_sum /= len(combinations)
-            cls_sum /= len(combinations)
-        return seg_sum, cls_sum
+            segmentation, logits = network(inputs, return_class_logits=True)
+            class_logits.append(logits.float())
+            return segmentation
 
-    @torch.inference_mode()
-    def _internal_predict_sliding_window_return_logits(self, data: torch.Tensor, slicers, do_on_device: bool = True):
-        results_device = self.device if do_on_device else torch.device("cpu")
-        batch_size = self.tile_batch_size
-
-        def producer(volume, tile_slicers, queue):
-            for start in range(0, len(tile_slicers), batch_size):
-                group = tile_slicers[start:start + batch_size]
-                tiles = torch.stack([volume[s] for s in group]).contiguous().to(self.device)
-                queue.put((tiles, group))
-            queue.put("end")
-
-        empty_cache(self.device)
-        data = data.to(results_device)
-        queue: Queue = Queue(maxsize=2)
-        Thread(target=producer, args=(data, slicers, queue), daemon=True).start()
-        # Same accumulators as nnU-Net's loop (half precision), so baseline settings give the baseline's masks.
-        predicted_logits = torch.zeros(
-            (self.label_manager.num_segmentation_heads, *data.shape[1:]), dtype=torch.half, device=results_device
-        )
-        n_predictions = torch.zeros(data.shape[1:], dtype=torch.half, device=results_device)
-        gaussian = (
-            compute_gaussian(tuple(self.configuration_manager.patch_size), sigma_scale=1.0 / 8,
-                             value_scaling_factor=10, device=results_device)
-            if self.use_gaussian else 1
-        )
-        tile_logits, tile_lesion_mass = [], []
-        while True:
-            item = queue.get()
-            if item == "end":
-                break
-            tiles, group = item
-            seg, logits = self._predict_tile_batch(tiles)
-            seg = seg.to(results_device)
-            lesion = torch.softmax(seg.float(), dim=1)[:, LESION_LABEL]
-            tile_lesion_mass.append(lesion.flatten(1).sum(1).cpu())
-            tile_logits.append(logits.cpu())
-            for prediction, sl in zip(seg, group):
-                if self.use_gaussian:
-                    prediction = prediction * gaussian
-                predicted_logits[sl] += prediction
-                n_predictions[sl[1:]] += gaussian
-        torch.div(predicted_logits, n_predictions, out=predicted_logits)
-        if torch.any(torch.isinf(predicted_logits)):
-            raise RuntimeError("Encountered inf in predicted logits (same check as nnU-Net's predictor)")
-        self._fold_class_probabilities.append(
-            roi_weighted_class_probabilities(torch.cat(tile_logits), torch.cat(tile_lesion_mass))
-        )
-        return predicted_logits
+        self.network = segmentation_keeping_class_logits
+        try:
+            segmentation = super()._internal_maybe_mirror_and_predict(x)
+        finally:
+            self.network = network
+        self._tile_class_logits.append(torch.stack(class_logits).mean(0))
+        self._tile_lesion_mass.append(torch.softmax(segmentation.float(), dim=1)[:, LESION_LABEL].flatten(1).sum(1))
+        return segmentation

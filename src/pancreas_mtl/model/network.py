@@ -8,8 +8,9 @@
   so nnU-Net's stock trainer, loss wrapper, validation and ``nnUNetPredictor`` work unchanged;
 * nnU-Net's ``set_deep_supervision_enabled`` (``mod.decoder.deep_supervision = enabled``) keeps working.
 
-Classification logits are obtained explicitly with :meth:`MultiTaskUNet.forward_multitask`, which runs the encoder
-once and feeds the same skips to the decoder and the head.
+Classification logits are obtained explicitly with ``forward(x, return_class_logits=True)``, which runs the
+encoder once and feeds the same skips to the decoder and the head (the head's guidance is the softmax of the
+highest-resolution segmentation output).
 """
 
 from __future__ import annotations
@@ -170,14 +171,6 @@ class MultiTaskUNet(nn.Module):
             probs = torch.softmax(highres.float(), dim=1)
         return seg, self.classification_head(skips, probs)
 
-    def forward_multitask(self, x: torch.Tensor):
-        """``(seg_output, class_logits)`` from a single encoder pass; same as ``self(x, return_class_logits=True)``.
-
-        The head's guidance is the softmax of the highest-resolution segmentation output (element 0 with deep
-        supervision).
-        """
-        return self(x, return_class_logits=True)
-
     @property
     def deep_supervision(self) -> bool:
         return bool(self.decoder.deep_supervision)
@@ -209,9 +202,6 @@ class MultiTaskUNet(nn.Module):
             init(module)
 
     # ------------------------------------------------------------------ weights
-    def segmentation_state_keys(self) -> list[str]:
-        return [k for k in self.state_dict().keys() if not k.startswith(HEAD_PREFIX)]
-
     def load_segmentation_weights(self, state_dict_or_checkpoint_path: Any) -> dict[str, list[str]]:
         """Copy a stage-1 segmentation checkpoint into encoder + decoder (exact tensor copy).
 

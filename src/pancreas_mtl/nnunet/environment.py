@@ -36,11 +36,6 @@ class NnunetFolders:
         env["nnUNet_extTrainer"] = os.pathsep.join(
             p for p in (str(TRAINER_DIR), os.environ.get("nnUNet_extTrainer", "")) if p
         )
-        # W&B never blocks on the network unless a user asks for online mode explicitly.
-        env.setdefault("nnUNet_wandb_mode", "offline")
-        env.setdefault("WANDB_MODE", env["nnUNet_wandb_mode"])
-        # Child output goes line by line into our log (a pipe would otherwise buffer it for minutes).
-        env["PYTHONUNBUFFERED"] = "1"
         env.update({k: str(v) for k, v in extra.items()})
         return env
 
@@ -50,6 +45,15 @@ def register_trainers() -> None:
     folders = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
     if str(TRAINER_DIR) not in folders:
         os.environ["nnUNet_extTrainer"] = os.pathsep.join([str(TRAINER_DIR), *folders])
+
+
+def resolve_device(device: str) -> str:
+    """'auto' picks CUDA where torch sees a GPU, else the CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:
@@ -74,8 +78,8 @@ def run_nnunet_command(args: list[str], env: dict[str, str], what: str) -> None:
 
 def run_command(args: list[str], env: dict[str, str] | None, what: str) -> None:
     """Run a command, streaming its output line by line into our log; a failure names the command."""
-    if env is not None:
-        env = {**env, "PYTHONUNBUFFERED": "1"}
+    # Child output goes line by line into our log (a pipe would otherwise buffer it for minutes).
+    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
     log.info("running: %s", " ".join(args))
     proc = subprocess.Popen(
         args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1

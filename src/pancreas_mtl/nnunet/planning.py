@@ -27,9 +27,9 @@ PARENT_CONFIGURATION = "3d_fullres"
 def plan_and_preprocess(
     folders: NnunetFolders,
     dataset_id: int,
-    planner: str = "nnUNetPlannerResEncM",
+    planner: str,
+    n_processes: int,
     configurations: Sequence[str] = (PARENT_CONFIGURATION,),
-    n_processes: int = 2,
     verify_integrity: bool = True,
 ) -> float:
     """Run ``nnUNetv2_plan_and_preprocess`` for one dataset; returns the wall time in seconds."""
@@ -53,10 +53,11 @@ def plan_and_preprocess(
 
 def derive_small_configuration(
     parent: dict,
-    feature_divisor: int = 4,
-    max_blocks_per_stage: int = 2,
-    batch_size: int = 2,
-    patch_size: Sequence[int] | None = None,
+    *,
+    feature_divisor: int,
+    max_blocks_per_stage: int,
+    batch_size: int,
+    patch_size: Sequence[int] | None,
 ) -> dict:
     """A configuration entry that inherits the parent's preprocessing with a smaller network.
 
@@ -112,3 +113,25 @@ def install_splits(splits_json: str | Path, preprocessed_dataset_dir: str | Path
 
 def load_planned_configuration(plans_file: str | Path, name: str = PARENT_CONFIGURATION) -> dict:
     return json.loads(Path(plans_file).read_text())["configurations"][name]
+
+
+def plan_dataset(folders: NnunetFolders, dataset_id: int, planner: str, plans_name: str,
+                 cpu_configuration: dict, splits_json: str | Path, n_processes: int) -> Path:
+    """Plan and preprocess one raw dataset, add the small CPU configuration to its plans and install its
+    splits; returns the plans file."""
+    dataset_dir = folders.preprocessed / dataset_folder_name_of(folders.raw, dataset_id)
+    plan_and_preprocess(folders, dataset_id, planner=planner, n_processes=n_processes)
+    plans_file = dataset_dir / f"{plans_name}.json"
+    small = dict(cpu_configuration)
+    name = small.pop("name")
+    add_configuration(plans_file, name, derive_small_configuration(load_planned_configuration(plans_file), **small))
+    install_splits(splits_json, dataset_dir)
+    return plans_file
+
+
+def dataset_folder_name_of(raw: Path, dataset_id: int) -> str:
+    """The ``DatasetNNN_Name`` folder of a dataset id under nnU-Net's raw folder."""
+    matches = sorted(p.name for p in Path(raw).glob(f"Dataset{int(dataset_id):03d}_*") if p.is_dir())
+    if len(matches) != 1:
+        raise RuntimeError(f"expected one raw dataset with id {dataset_id} in {raw}, found {matches or 'none'}")
+    return matches[0]

@@ -6,27 +6,13 @@ import logging
 import time
 from pathlib import Path
 
-from pancreas_mtl.model.training_settings import SETTINGS_ENV, TrainingSettings
-from pancreas_mtl.nnunet.environment import NnunetFolders, run_nnunet_command
+from pancreas_mtl.nnunet.environment import NnunetFolders, resolve_device, run_nnunet_command
+from pancreas_mtl.training.settings import SETTINGS_ENV, TrainingSettings
 
 log = logging.getLogger(__name__)
 
 
-def trained_model_folder(folders: NnunetFolders, dataset: str, trainer: str, plans_name: str, configuration: str) -> Path:
-    """nnU-Net's output folder of one trainer/plans/configuration (holds fold_N/ subfolders)."""
-    return folders.results / dataset / f"{trainer}__{plans_name}__{configuration}"
-
-
-def resolve_device(device: str) -> str:
-    """'auto' picks CUDA where torch sees a GPU, else the CPU."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def wandb_environment(enabled: bool, mode: str = "offline", project: str = "pancreas-mtl") -> dict[str, str]:
+def wandb_environment(enabled: bool, mode: str, project: str) -> dict[str, str]:
     """nnU-Net's built-in W&B logger, offline unless asked otherwise (offline never touches the network)."""
     if not enabled:
         return {"nnUNet_wandb_enabled": "0"}
@@ -48,10 +34,10 @@ def train_stage(
     plans_name: str,
     settings: TrainingSettings,
     settings_file: str | Path,
-    device: str = "auto",
-    num_gpus: int = 1,
-    data_augmentation_workers: int = 2,
-    wandb: dict | None = None,
+    device: str,
+    num_gpus: int,
+    data_augmentation_workers: int,
+    wandb: dict,
 ) -> float:
     """Train (or resume: ``--c`` continues from the latest checkpoint) one stage; returns seconds taken."""
     settings.write(settings_file)
@@ -67,8 +53,8 @@ def train_stage(
         "nnUNet_n_proc_DA": str(data_augmentation_workers),
         # nnU-Net's final validation otherwise opens 8 export processes (about 1 GB each) whatever the job's size.
         "nnUNet_def_n_proc": str(data_augmentation_workers),
+        **wandb_environment(**wandb),
     }
-    extra.update(wandb_environment(**(wandb or {"enabled": False})))
     start = time.perf_counter()
     run_nnunet_command(args, folders.environment(**extra), f"nnUNetv2_train {trainer}")
     seconds = time.perf_counter() - start

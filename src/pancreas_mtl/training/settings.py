@@ -3,6 +3,9 @@
 ``nnUNetv2_train`` constructs trainers itself, so the settings travel as a JSON file named by the
 environment variable ``PANCREAS_MTL_TRAINING_SETTINGS``. Everything that changes the network's shape is a
 class attribute of the trainer instead, so that ``nnUNetv2_predict`` rebuilds the same network without it.
+
+The defaults live in one place, the config schema (``workflow/schemas/config.schema.yaml``): settings are
+built from a schema-validated config (:func:`stage_settings`), and a field missing there is an error.
 """
 
 from __future__ import annotations
@@ -13,40 +16,40 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 SETTINGS_ENV = "PANCREAS_MTL_TRAINING_SETTINGS"
-# The checkpoints a training keeps, by the name the config uses for them.
-CHECKPOINT_FILES = {
-    "final": "checkpoint_final.pth",
-    "best_combined": "checkpoint_best_combined.pth",
-    "best_f1": "checkpoint_best_f1.pth",
-}
+STAGES = ("stage1", "stage2")
+# Multi-task settings that only stage 2 has in the config; stage 1 runs without them.
+STAGE2_ONLY = (
+    "head_lr_factor", "head_dropout", "classification_loss", "focal_gamma", "class_weighting",
+    "classification_loss_weight", "classification_warmup_epochs",
+)
 
 
 @dataclass
 class TrainingSettings:
-    num_epochs: int = 1000
-    iterations_per_epoch: int = 250
-    val_iterations_per_epoch: int = 50
-    initial_lr: float = 1e-2
-    batch_size_cap: int | None = None
-    oversample_foreground_percent: float = 0.33
+    num_epochs: int
+    iterations_per_epoch: int
+    val_iterations_per_epoch: int
+    initial_lr: float
+    batch_size_cap: int | None
+    oversample_foreground_percent: float
     # Full-volume validation (sliding window over every validation case) for model selection.
-    full_validation_every: int = 10
-    full_validation_tile_step: float = 0.5
-    full_validation_mirroring: bool = False
-    checkpoint_every: int = 10
+    full_validation_every: int
+    full_validation_tile_step: float
+    full_validation_mirroring: bool
+    checkpoint_every: int
     case_table: str | None = None
-    # Stage 2 only.
+    # Stage 2 only (None in stage 1).
     stage1_checkpoint: str | None = None
-    head_lr_factor: float = 10.0
-    head_dropout: float = 0.3
-    classification_loss: str = "ce"  # "ce" or "focal"
-    focal_gamma: float = 2.0
-    class_weighting: bool = True
-    classification_loss_weight: float = 1.0
-    classification_warmup_epochs: int = 5
+    head_lr_factor: float | None = None
+    head_dropout: float | None = None
+    classification_loss: str | None = None  # "ce" or "focal"
+    focal_gamma: float | None = None
+    class_weighting: bool | None = None
+    classification_loss_weight: float | None = None
+    classification_warmup_epochs: int | None = None
 
     def __post_init__(self):
-        if self.classification_loss not in ("ce", "focal"):
+        if self.classification_loss not in (None, "ce", "focal"):
             raise ValueError(f"classification_loss must be 'ce' or 'focal', not {self.classification_loss!r}")
 
     @classmethod
@@ -58,10 +61,15 @@ class TrainingSettings:
         return cls(**values)
 
     @classmethod
-    def from_environment(cls) -> "TrainingSettings":
+    def from_environment(cls, required: bool = True) -> "TrainingSettings | None":
         path = os.environ.get(SETTINGS_ENV)
         if not path:
-            return cls()
+            if required:
+                raise RuntimeError(
+                    f"{SETTINGS_ENV} is not set: the pancreas_mtl trainers take their settings from the JSON file it "
+                    "names (the workflow's training rules write it; see pancreas_mtl.training.settings)"
+                )
+            return None
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def write(self, path: str | Path) -> Path:
@@ -69,3 +77,11 @@ class TrainingSettings:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(asdict(self), indent=2))
         return path
+
+
+def stage_settings(training_config: dict, stage: str, **extra) -> TrainingSettings:
+    """The settings of one stage from the schema-validated ``training`` config section, plus ``extra``
+    (``case_table``, ``stage1_checkpoint``)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown training stage {stage!r}; stages: {', '.join(STAGES)}")
+    return TrainingSettings.from_dict({**training_config[stage], **extra})

@@ -8,13 +8,16 @@
   subtype classification jointly; every training patch carries its case's subtype. Full-volume validation adds
   macro-F1 and the best-F1 checkpoint.
 
-Hyperparameters come from :class:`~pancreas_mtl.model.training_settings.TrainingSettings`; anything that changes
-the network's shape is a class attribute, so ``nnUNetv2_predict`` rebuilds the same network from the class name.
+Full-volume validation predicts through :class:`~pancreas_mtl.inference.predictor.MultiTaskPredictor`, set up
+with ``manual_initialization`` as nnU-Net's own trainer sets up ``nnUNetPredictor``: the code that picks a
+checkpoint is the code that writes the submission.
+
+Hyperparameters come from :class:`~pancreas_mtl.training.settings.TrainingSettings`; anything that changes the
+network's shape is a class attribute, so ``nnUNetv2_predict`` rebuilds the same network from the class name.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from os.path import join
@@ -27,93 +30,33 @@ from nnunetv2.utilities.helpers import dummy_context
 from sklearn.metrics import f1_score
 from torch import autocast, nn
 from torch._dynamo import OptimizedModule
+from torch.nn.parallel import DistributedDataParallel
 
+from pancreas_mtl.data.case_table import case_subtypes
+from pancreas_mtl.data.labels import LESION_LABEL, NUM_SUBTYPES, SUBTYPES
+from pancreas_mtl.evaluation.segmentation import dice
+from pancreas_mtl.inference.predictor import MultiTaskPredictor
 from pancreas_mtl.model.network import MultiTaskUNet, build_multitask_network
-from pancreas_mtl.model.sliding_window import dice, predict_volume_multitask
-from pancreas_mtl.model.training_settings import CHECKPOINT_FILES, TrainingSettings
+from pancreas_mtl.training.losses import FocalLoss, PolyLRPerParamGroup, class_weights_from_counts
+from pancreas_mtl.training.selection import SCORE_CHECKPOINTS, CheckpointSelector, combined_score
+from pancreas_mtl.training.settings import TrainingSettings
 
-NUM_SUBTYPES = 3
-# Which checkpoint keeps the best value of each selection score.
-SCORE_CHECKPOINTS = {"combined": CHECKPOINT_FILES["best_combined"], "macro_f1": CHECKPOINT_FILES["best_f1"]}
-FULL_VALIDATION_HISTORY = "full_validation_history.json"
-
-
-def read_case_subtypes(case_table: str | Path) -> dict[str, int]:
-    """case_id -> subtype for every case of the conversion's case table that has one."""
-    with open(case_table, newline="") as handle:
-        return {row["case_id"]: int(row["subtype"]) for row in csv.DictReader(handle) if row["subtype"] != ""}
+# Per-epoch log keys of the full-volume validation, by the metric they hold (NaN in epochs without one).
+FULL_VALIDATION_LOG_KEYS = {
+    "whole_dice": "full_val_whole_dice",
+    "lesion_dice": "full_val_lesion_dice",
+    "combined": "full_val_combined",
+    "macro_f1": "full_val_macro_f1",
+}
 
 
-def class_weights_from_counts(subtypes: list[int], num_classes: int = NUM_SUBTYPES) -> torch.Tensor:
-    """Inverse-frequency weights N / (K * n_k), so each class contributes equally to the loss."""
-    counts = np.bincount(np.asarray(subtypes, dtype=int), minlength=num_classes).astype(float)
-    if (counts == 0).any():
-        raise ValueError(f"every subtype needs training cases for class weighting; counts per subtype: {counts}")
-    return torch.tensor(counts.sum() / (num_classes * counts), dtype=torch.float32)
-
-
-class FocalLoss(nn.Module):
-    """Multi-class focal loss (Lin et al. 2017) with optional per-class weights."""
-
-    def __init__(self, gamma: float = 2.0, weight: torch.Tensor | None = None):
-        super().__init__()
-        self.gamma = gamma
-        self.register_buffer("weight", weight if weight is not None else None)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        log_probs = torch.log_softmax(logits, dim=1)
-        log_pt = log_probs.gather(1, target[:, None])[:, 0]
-        loss = -((1 - log_pt.exp()) ** self.gamma) * log_pt
-        if self.weight is not None:
-            w = self.weight[target]
-            return (loss * w).sum() / w.sum()
-        return loss.mean()
-
-
-class PolyLRPerParamGroup:
-    """nnU-Net's poly schedule, applied to each parameter group's own base learning rate.
-
-    (nnU-Net's PolyLRScheduler sets one learning rate for all groups, which would erase the head's factor.)
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, max_steps: int, exponent: float = 0.9):
-        self.optimizer = optimizer
-        self.max_steps = max_steps
-        self.exponent = exponent
-        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
-        self.ctr = 0
-
-    def step(self, current_step: int | None = None) -> None:
-        if current_step is None or current_step == -1:
-            current_step = self.ctr
-            self.ctr += 1
-        factor = (1 - current_step / self.max_steps) ** self.exponent
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * factor
-
-    def get_last_lr(self) -> list[float]:
-        return [group["lr"] for group in self.optimizer.param_groups]
-
-
-class CheckpointSelector:
-    """Remembers the best value of each selection score; improvements are strict (the earliest best wins)."""
-
-    def __init__(self, scores: tuple[str, ...]):
-        self.best = {score: -math.inf for score in scores}
-
-    def update(self, metrics: dict[str, float]) -> list[str]:
-        improved = []
-        for score, best in self.best.items():
-            value = metrics.get(score)
-            if value is not None and not math.isnan(value) and value > best:
-                self.best[score] = value
-                improved.append(score)
-        return improved
-
-    def restore(self, history: list[dict]) -> None:
-        """Rebuild the best values from the full-validation history (used when a training resumes)."""
-        for entry in history:
-            self.update(entry)
+def unwrap_network(network: nn.Module) -> nn.Module:
+    """The network inside DDP and torch.compile wrappers, by type (either, both or none may be there)."""
+    if isinstance(network, DistributedDataParallel):
+        network = network.module
+    if isinstance(network, OptimizedModule):
+        network = network._orig_mod
+    return network
 
 
 class nnUNetTrainerPancreasSeg(nnUNetTrainer):
@@ -137,12 +80,11 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
         for key in self._extra_log_keys():
             self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
         self.checkpoint_selector = CheckpointSelector(self.selection_scores)
-        self.full_validation_history: list[dict] = []
         self.print_to_log_file(f"pancreas_mtl training settings: {json.dumps(s.__dict__)}")
 
     # ------------------------------------------------------------------ settings hooks
     def _extra_log_keys(self) -> list[str]:
-        return ["full_val_whole_dice", "full_val_lesion_dice", "full_val_combined"]
+        return [FULL_VALIDATION_LOG_KEYS[k] for k in ("whole_dice", "lesion_dice", "combined")]
 
     def _set_batch_size_and_oversample(self):
         super()._set_batch_size_and_oversample()
@@ -153,16 +95,30 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
 
     def plain_network(self) -> nn.Module:
         """The network without DDP / torch.compile wrappers."""
-        net = self.network.module if self.is_ddp else self.network
-        return net._orig_mod if isinstance(net, OptimizedModule) else net
+        return unwrap_network(self.network)
 
     # ------------------------------------------------------------------ full-volume validation
     def _is_full_validation_epoch(self) -> bool:
         every = max(1, self.settings.full_validation_every)
         return (self.current_epoch + 1) % every == 0 or self.current_epoch == self.num_epochs - 1
 
-    def run_full_validation(self) -> dict[str, float]:
-        """Sliding-window prediction over every validation volume (preprocessed space)."""
+    def validation_predictor(self) -> MultiTaskPredictor:
+        """The inference predictor on this trainer's (unwrapped) network, as nnU-Net's final validation sets up
+        its ``nnUNetPredictor``."""
+        s = self.settings
+        predictor = MultiTaskPredictor(
+            tile_step_size=s.full_validation_tile_step,
+            mirror_axes=None if s.full_validation_mirroring else (),
+            device=self.device,
+        )
+        predictor.manual_initialization(
+            self.plain_network(), self.plans_manager, self.configuration_manager, None, self.dataset_json,
+            self.__class__.__name__, self.inference_allowed_mirroring_axes,
+        )
+        return predictor
+
+    def predict_validation_cases(self) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+        """Labels (preprocessed space) and class probabilities (None in stage 1) of every validation case."""
         net = self.plain_network()
         was_training = net.training
         net.eval()
@@ -172,40 +128,40 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
             self.preprocessed_dataset_folder, val_keys,
             folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage,
         )
-        mirror_axes = self.inference_allowed_mirroring_axes if self.settings.full_validation_mirroring else None
-        whole, lesion, predicted, truth = [], [], [], []
+        predictor = self.validation_predictor()
+        results = {}
         try:
-            with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-                for key in val_keys:
-                    data, seg, _, _ = dataset.load_case(key)
-                    prediction = predict_volume_multitask(
-                        net, torch.from_numpy(np.asarray(data[:])), tuple(self.configuration_manager.patch_size),
-                        tile_step_size=self.settings.full_validation_tile_step, mirror_axes=mirror_axes,
-                        device=self.device, with_classification=self.multitask,
-                    )
-                    labels = prediction.seg_logits.argmax(0).numpy()
-                    reference = np.asarray(seg[:])[0]
-                    whole.append(dice(labels > 0, reference > 0))
-                    lesion.append(dice(labels == 2, reference == 2))
-                    if self.multitask:
-                        predicted.append(int(prediction.class_probabilities.argmax()))
-                        truth.append(self.case_subtypes[key])
+            for key in val_keys:
+                data, _, _, _ = dataset.load_case(key)
+                logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.asarray(data[:])))
+                results[key] = (logits.argmax(0).cpu().numpy(), predictor.last_class_probabilities)
         finally:
             self.set_deep_supervision_enabled(self.enable_deep_supervision)
             net.train(was_training)
+        return results
+
+    def run_full_validation(self) -> dict[str, float]:
+        """Whole-pancreas and lesion Dice (and macro-F1 in stage 2) over every full validation volume."""
+        _, val_keys = self.do_split()
+        dataset = self.dataset_class(
+            self.preprocessed_dataset_folder, val_keys,
+            folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage,
+        )
+        whole, lesion, predicted, truth = [], [], [], []
+        for key, (labels, probabilities) in self.predict_validation_cases().items():
+            reference = np.asarray(dataset.load_case(key)[1][:])[0]
+            whole.append(dice(labels > 0, reference > 0))
+            lesion.append(dice(labels == LESION_LABEL, reference == LESION_LABEL))
+            if self.multitask:
+                predicted.append(int(np.argmax(probabilities)))
+                truth.append(self.case_subtypes[key])
         metrics = {"whole_dice": float(np.mean(whole)), "lesion_dice": float(np.mean(lesion))}
         if self.multitask:
             metrics["macro_f1"] = float(
-                f1_score(truth, predicted, labels=list(range(NUM_SUBTYPES)), average="macro", zero_division=0)
+                f1_score(truth, predicted, labels=list(SUBTYPES), average="macro", zero_division=0)
             )
-        metrics["combined"] = self.combined_score(metrics)
+        metrics["combined"] = combined_score(metrics)
         return metrics
-
-    @staticmethod
-    def combined_score(metrics: dict[str, float]) -> float:
-        """Mean of whole-pancreas and lesion Dice; with classification, averaged 50/50 with macro-F1."""
-        seg = (metrics["whole_dice"] + metrics["lesion_dice"]) / 2
-        return (seg + metrics["macro_f1"]) / 2 if "macro_f1" in metrics else seg
 
     def _log_epoch_value(self, key: str, value: float | None) -> None:
         """One value per epoch for the local logger (NaN when not measured); W&B only gets measured values."""
@@ -218,19 +174,10 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
         metrics = None
         if self.local_rank == 0 and self._is_full_validation_epoch():
             metrics = self.run_full_validation()
-            metrics["epoch"] = self.current_epoch
-            self.full_validation_history.append(metrics)
-            Path(self.output_folder, FULL_VALIDATION_HISTORY).write_text(
-                json.dumps(self.full_validation_history, indent=2)
-            )
-            self.print_to_log_file(
-                "full validation: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "epoch")
-            )
-        self._log_epoch_value("full_val_whole_dice", metrics and metrics["whole_dice"])
-        self._log_epoch_value("full_val_lesion_dice", metrics and metrics["lesion_dice"])
-        self._log_epoch_value("full_val_combined", metrics and metrics["combined"])
-        if self.multitask:
-            self._log_epoch_value("full_val_macro_f1", metrics and metrics["macro_f1"])
+            self.print_to_log_file("full validation: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        for score, key in FULL_VALIDATION_LOG_KEYS.items():
+            if key in self.logger.local_logger.my_fantastic_logging:
+                self._log_epoch_value(key, metrics and metrics[score])
         if metrics is not None:
             for score in self.checkpoint_selector.update(metrics):
                 self.print_to_log_file(f"new best {score}: {metrics[score]:.4f} (epoch {self.current_epoch})")
@@ -239,13 +186,20 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
 
     def load_checkpoint(self, filename_or_checkpoint):
         super().load_checkpoint(filename_or_checkpoint)
-        history_file = Path(self.output_folder, FULL_VALIDATION_HISTORY)
-        if history_file.is_file():
-            # Entries after the checkpoint's epoch were never saved in a checkpoint; they will be recomputed.
-            history = [e for e in json.loads(history_file.read_text()) if e["epoch"] < self.current_epoch]
-            self.full_validation_history = history
-            self.checkpoint_selector.restore(history)
-            self.print_to_log_file(f"resumed at epoch {self.current_epoch}; best so far: {self.checkpoint_selector.best}")
+        # The best scores so far are in the per-epoch log the checkpoint restored (NaN: no full validation).
+        logged = self.logger.local_logger.my_fantastic_logging
+        history = [
+            {score: logged[key][epoch] for score, key in FULL_VALIDATION_LOG_KEYS.items()
+             if key in logged and epoch < len(logged[key]) and not math.isnan(logged[key][epoch])}
+            for epoch in range(self.current_epoch)
+        ]
+        self.checkpoint_selector.restore(history)
+        # A best checkpoint that is gone (Snakemake removes a rerun job's outputs first) is chosen afresh from the
+        # epochs still to come, so the file and the best score kept for it always agree.
+        for score in self.checkpoint_selector.best:
+            if not Path(self.output_folder, SCORE_CHECKPOINTS[score]).is_file():
+                self.checkpoint_selector.best[score] = -math.inf
+        self.print_to_log_file(f"resumed at epoch {self.current_epoch}; best so far: {self.checkpoint_selector.best}")
 
 
 class nnUNetTrainerPancreasMultiTask(nnUNetTrainerPancreasSeg):
@@ -254,20 +208,30 @@ class nnUNetTrainerPancreasMultiTask(nnUNetTrainerPancreasSeg):
     multitask = True
     selection_scores = ("combined", "macro_f1")
     head_variant = "roi_attention"
-    head_hidden = 128
+
+    def __init__(
+        self, plans: dict, configuration: str, fold: int, dataset_json: dict, device: torch.device = torch.device("cuda")
+    ):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        # AdamW's decoupled weight decay (nnU-Net logs self.weight_decay; configure_optimizers uses it).
+        self.weight_decay = 1e-4
 
     def _extra_log_keys(self) -> list[str]:
-        return super()._extra_log_keys() + ["full_val_macro_f1", "train_seg_loss", "train_cls_loss", "cls_loss_weight"]
+        return super()._extra_log_keys() + [
+            FULL_VALIDATION_LOG_KEYS["macro_f1"], "train_seg_loss", "train_cls_loss", "cls_loss_weight"
+        ]
 
     @classmethod
     def build_network_architecture(
         cls, plans_manager, configuration_manager, num_input_channels, num_output_channels,
         enable_deep_supervision: bool = True,
     ) -> nn.Module:
+        # Dropout is a training setting; prediction rebuilds the network without settings (dropout is off in eval).
+        settings = TrainingSettings.from_environment(required=False)
         return build_multitask_network(
             plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision,
-            head_variant=cls.head_variant, num_classes=NUM_SUBTYPES, hidden=cls.head_hidden,
-            dropout=TrainingSettings.from_environment().head_dropout,
+            head_variant=cls.head_variant, num_classes=NUM_SUBTYPES,
+            dropout=settings.head_dropout if settings is not None else 0.0,
         )
 
     def initialize(self):
@@ -275,7 +239,7 @@ class nnUNetTrainerPancreasMultiTask(nnUNetTrainerPancreasSeg):
         s = self.settings
         if s.case_table is None:
             raise RuntimeError("stage-2 training needs the case table (settings.case_table) for the subtypes")
-        self.case_subtypes = read_case_subtypes(s.case_table)
+        self.case_subtypes = case_subtypes(s.case_table)
         train_keys, val_keys = self.do_split()
         missing = sorted(k for k in [*train_keys, *val_keys] if k not in self.case_subtypes)
         if missing:
@@ -317,7 +281,7 @@ class nnUNetTrainerPancreasMultiTask(nnUNetTrainerPancreasSeg):
                 {"params": shared_params, "lr": self.initial_lr},
                 {"params": head_params, "lr": self.initial_lr * self.settings.head_lr_factor},
             ],
-            self.initial_lr, weight_decay=1e-4,
+            self.initial_lr, weight_decay=self.weight_decay,
         )
         return optimizer, PolyLRPerParamGroup(optimizer, self.num_epochs)
 
@@ -329,6 +293,11 @@ class nnUNetTrainerPancreasMultiTask(nnUNetTrainerPancreasSeg):
         return s.classification_loss_weight * min(1.0, (self.current_epoch + 1) / s.classification_warmup_epochs)
 
     def train_step(self, batch: dict) -> dict:
+        """nnU-Net's ``train_step`` (nnunetv2 2.8.1) with both heads from one forward and the summed loss.
+
+        Overridden whole: the loss is computed inside the step with no narrower hook, and the class targets come
+        from the batch's ``keys``. Everything else (autocast on CUDA, grad scaling, clipping at 12) is as there.
+        """
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) else \
