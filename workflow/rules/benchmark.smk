@@ -1,8 +1,8 @@
 rule benchmark_inference:
     input:
-        models=stage2_checkpoints(),
-        raw_dataset=RAW_DATASET,
-        case_table="results/dataset/case_table.csv",
+        **model_files(STAGE2_MODEL, FOLDS, INFERENCE_CHECKPOINT),
+        raw_dataset=raw_dataset(DATASET),
+        case_table=dataset_tables(DATASET)["case_table"],
     output:
         summary="results/benchmark/summary.json",
         per_case="results/benchmark/per_case.csv",
@@ -18,18 +18,50 @@ rule benchmark_inference:
         runtime=config["resources"]["predict_runtime_min"],
         gpu=config["resources"]["predict_gpus"],
     params:
+        model_folder=lambda wildcards, input: model_folder_of(input.plans),
         folds=FOLDS,
         checkpoint=INFERENCE_CHECKPOINT,
+        split=config["benchmark"]["split"],
+        max_cases=config["benchmark"]["max_cases"],
+        repeats=config["benchmark"]["repeats"],
         inference=config["inference"],
-        benchmark=config["benchmark"],
+        setting="demo",
+        with_agreement=True,
+        note=(
+            f"trained model ({INFERENCE_CHECKPOINT}), "
+            f"{config['benchmark']['split']} cases"
+        ),
     script:
         "../scripts/benchmark_inference.py"
 
 
-# Not part of `rule all`: run it as `snakemake results/benchmark/real_scale/summary.json`.
+# The real-scale benchmark is not part of `rule all`:
+# run it as `snakemake results/benchmark/real_scale/summary.json`.
+rule make_untrained_model:
+    input:
+        plans=preprocessed(REAL_SCALE_DATASET)["plans"],
+        dataset_json=preprocessed(REAL_SCALE_DATASET)["dataset_json"],
+    output:
+        **model_files(REAL_SCALE_MODEL, [0], CHECKPOINT_FILES["final"]),
+    log:
+        "logs/make_untrained_model.log",
+    benchmark:
+        "benchmarks/make_untrained_model.tsv"
+    conda:
+        "../../envs/nnunet.yaml"
+    params:
+        model_folder=lambda wildcards, output: model_folder_of(output.plans),
+        configuration="3d_fullres",
+        head=config["training"]["head"],
+    script:
+        "../scripts/make_untrained_model.py"
+
+
 rule benchmark_real_scale:
     input:
-        quiz_dir=config["benchmark"]["real_scale_quiz_dir"],
+        **model_files(REAL_SCALE_MODEL, [0], CHECKPOINT_FILES["final"]),
+        raw_dataset=raw_dataset(REAL_SCALE_DATASET),
+        case_table=dataset_tables(REAL_SCALE_DATASET)["case_table"],
     output:
         summary="results/benchmark/real_scale/summary.json",
         per_case="results/benchmark/real_scale/per_case.csv",
@@ -45,13 +77,18 @@ rule benchmark_real_scale:
         runtime=config["resources"]["predict_runtime_min"],
         gpu=config["resources"]["predict_gpus"],
     params:
-        dataset_id=config["nnunet"]["dataset_id"] + 1,
-        planner=config["nnunet"]["planner"],
-        plans_name=config["nnunet"]["plans_name"],
+        model_folder=lambda wildcards, input: model_folder_of(input.plans),
+        folds=[0],
+        checkpoint=CHECKPOINT_FILES["final"],
+        split="test",
+        max_cases=config["benchmark"]["real_scale_max_cases"],
+        repeats=config["benchmark"]["repeats"],
         inference=config["inference"],
-        benchmark=config["benchmark"],
+        setting="real_scale",
+        with_agreement=False,
+        note="",
     script:
-        "../scripts/benchmark_real_scale.py"
+        "../scripts/benchmark_inference.py"
 
 
 rule plot_real_scale_benchmark:

@@ -13,31 +13,40 @@ os.environ.update(
 )
 
 from pancreas_mtl.config import check_config  # noqa: E402
-from pancreas_mtl.model.training_settings import CHECKPOINT_FILES  # noqa: E402
+from pancreas_mtl.nnunet.environment import dataset_folder_name  # noqa: E402
+from pancreas_mtl.nnunet.trainer_names import STAGE1_TRAINER  # noqa: E402
+from pancreas_mtl.nnunet.trainer_names import STAGE2_TRAINERS  # noqa: E402
+from pancreas_mtl.training.selection import CHECKPOINT_FILES  # noqa: E402
 
 check_config(
     config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 )
 
-DATASET = "Dataset{:03d}_{}".format(
+DATASET = dataset_folder_name(
     config["nnunet"]["dataset_id"], config["nnunet"]["dataset_name"]
 )
-NNUNET_ROOT = "results/nnunet"
-RAW_DATASET = f"{NNUNET_ROOT}/raw/{DATASET}"
-PREPROCESSED_DATASET = f"{NNUNET_ROOT}/preprocessed/{DATASET}"
-SYNTHETIC_QUIZ_DIR = "resources/synthetic_quiz"
-
-STAGE1_TRAINER = "nnUNetTrainerPancreasSeg"
-STAGE2_TRAINER = {
-    "roi_attention": "nnUNetTrainerPancreasMultiTask",
-    "global_pool": "nnUNetTrainerPancreasMultiTaskGlobalPool",
-}[config["training"]["head"]]
-TRAINED_DATASET = f"{NNUNET_ROOT}/trained/{DATASET}"
-_PLANS_AND_CONFIGURATION = (
-    f"{config['nnunet']['plans_name']}__{config['nnunet']['configuration']}"
+# The real-scale benchmark's cases go through the same conversion and planning rules as a second dataset.
+REAL_SCALE_DATASET = dataset_folder_name(
+    config["benchmark"]["real_scale_dataset_id"], "RealScale"
 )
-STAGE1_FOLDER = f"{STAGE1_TRAINER}__{_PLANS_AND_CONFIGURATION}"
-STAGE2_FOLDER = f"{STAGE2_TRAINER}__{_PLANS_AND_CONFIGURATION}"
+if config["benchmark"]["real_scale_dataset_id"] == config["nnunet"]["dataset_id"]:
+    raise ValueError(
+        "benchmark.real_scale_dataset_id must differ from nnunet.dataset_id "
+        f"(both are {config['nnunet']['dataset_id']})"
+    )
+NNUNET_ROOT = "results/nnunet"
+SYNTHETIC_QUIZ_DIR = "resources/synthetic_quiz"
+PLANS_NAME = config["nnunet"]["plans_name"]
+# nnU-Net's preprocessed data folder of 3d_fullres (the ResEnc planners reuse the default planner's data
+# identifier for it); the CPU configuration inherits it.
+PREPROCESSED_DATA = "nnUNetPlans_3d_fullres"
+
+STAGE2_TRAINER = STAGE2_TRAINERS[config["training"]["head"]]
+TRAINED_DATASET = f"{NNUNET_ROOT}/trained/{DATASET}"
+_PLANS_AND_CONFIGURATION = f"{PLANS_NAME}__{config['nnunet']['configuration']}"
+STAGE1_MODEL = f"{TRAINED_DATASET}/{STAGE1_TRAINER}__{_PLANS_AND_CONFIGURATION}"
+STAGE2_MODEL = f"{TRAINED_DATASET}/{STAGE2_TRAINER}__{_PLANS_AND_CONFIGURATION}"
+REAL_SCALE_MODEL = "results/benchmark/real_scale/untrained_model"
 FOLDS = config["training"]["folds"]
 _n_folds = 1 if config["training"]["split"] == "official" else config["training"]["k"]
 if max(FOLDS) >= _n_folds:
@@ -46,36 +55,85 @@ if max(FOLDS) >= _n_folds:
         f"{config['training']['split']!r} ({_n_folds} fold(s): 0..{_n_folds - 1})"
     )
 INFERENCE_CHECKPOINT = CHECKPOINT_FILES[config["training"]["inference_checkpoint"]]
+STAGE2_INIT_CHECKPOINT = CHECKPOINT_FILES[config["training"]["stage2_init"]]
+# What each training stage writes: its final weights and the checkpoints its selection scores keep.
+STAGE1_CHECKPOINTS = ["final", "best_combined"]
+STAGE2_CHECKPOINTS = ["final", "best_combined", "best_f1"]
 
 
 wildcard_constraints:
     fold=r"\d+",
     split=r"validation|test",
+    dataset=r"Dataset\d{3}_[A-Za-z0-9_\-]+",
+    model=r"nnUNetTrainer[^/]+",
 
 
-def quiz_dir():
+def raw_dataset(dataset):
+    return f"{NNUNET_ROOT}/raw/{dataset}"
+
+
+def dataset_tables(dataset):
+    """The conversion's case table and splits of one dataset."""
+    return {
+        "case_table": f"results/dataset/{dataset}/case_table.csv",
+        "splits": f"results/dataset/{dataset}/splits_final.json",
+    }
+
+
+def preprocessed(dataset):
+    """The files of a planned and preprocessed dataset that later jobs read."""
+    folder = f"{NNUNET_ROOT}/preprocessed/{dataset}"
+    return {
+        "plans": f"{folder}/{PLANS_NAME}.json",
+        "dataset_json": f"{folder}/dataset.json",
+        "splits": f"{folder}/splits_final.json",
+        # Stands for the preprocessed data folder: Snakemake puts a .snakemake_timestamp file into a
+        # directory() output, and nnU-Net's dataset-format detection refuses a folder holding one.
+        "data": f"{folder}/{PREPROCESSED_DATA}.done",
+    }
+
+
+def model_files(model_folder, folds, checkpoint):
+    """What a predictor reads from an nnU-Net model folder."""
+    return {
+        "checkpoints": expand(f"{model_folder}/fold_{{fold}}/{checkpoint}", fold=folds),
+        "plans": f"{model_folder}/plans.json",
+        "dataset_json": f"{model_folder}/dataset.json",
+    }
+
+
+def model_folder_of(path, levels=1):
+    """The model folder holding a file: plans.json (levels 1) or fold_N/checkpoint (levels 2)."""
+    return str(Path(path).parents[levels - 1])
+
+
+def nnunet_root_of(preprocessed_plans):
+    """nnU-Net's root folder (raw/, preprocessed/, trained/) of a preprocessed dataset's plans file."""
+    return str(Path(preprocessed_plans).parents[2])
+
+
+def checkpoint_files(model_folder, names):
+    return [f"{model_folder}/fold_{{fold}}/{CHECKPOINT_FILES[n]}" for n in names]
+
+
+def quiz_dir(dataset):
+    if dataset == REAL_SCALE_DATASET:
+        return config["benchmark"]["real_scale_quiz_dir"]
     if config["data"]["source"] == "synthetic":
         return SYNTHETIC_QUIZ_DIR
     return config["data"]["quiz_dir"]
 
 
-def quiz_input():
+def quiz_input(wildcards):
     """The synthetic folder is a rule's output; a real quiz folder is tracked file by file."""
-    if config["data"]["source"] == "synthetic":
+    if wildcards.dataset == DATASET and config["data"]["source"] == "synthetic":
         return SYNTHETIC_QUIZ_DIR
-    files = sorted(Path(quiz_dir()).glob("**/*.nii.gz"))
-    return [str(f) for f in files] or quiz_dir()
+    files = sorted(Path(quiz_dir(wildcards.dataset)).glob("**/*.nii.gz"))
+    return [str(f) for f in files] or quiz_dir(wildcards.dataset)
 
 
 def preprocess_threads():
     return config["resources"]["preprocess_threads"]
-
-
-def stage2_checkpoints():
-    return expand(
-        f"{TRAINED_DATASET}/{STAGE2_FOLDER}/fold_{{fold}}/checkpoint_final.pth",
-        fold=FOLDS,
-    )
 
 
 def all_targets():

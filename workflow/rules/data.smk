@@ -15,26 +15,32 @@ rule make_synthetic_quiz:
         "../scripts/make_synthetic_quiz.py"
 
 
+# The workflow's dataset and, for the real-scale benchmark, the real sample (a partial quiz folder).
 rule convert_quiz_to_nnunet:
     input:
-        quiz=quiz_input(),
+        quiz=quiz_input,
     output:
-        raw_dataset=directory(RAW_DATASET),
-        splits="results/dataset/splits_final.json",
-        case_table="results/dataset/case_table.csv",
+        raw_dataset=directory(raw_dataset("{dataset}")),
+        splits=dataset_tables("{dataset}")["splits"],
+        case_table=dataset_tables("{dataset}")["case_table"],
     log:
-        "logs/convert_quiz_to_nnunet.log",
+        "logs/convert_quiz_to_nnunet_{dataset}.log",
     benchmark:
-        "benchmarks/convert_quiz_to_nnunet.tsv"
+        "benchmarks/convert_quiz_to_nnunet_{dataset}.tsv"
     conda:
         "../../envs/data.yaml"
     threads: preprocess_threads()
     resources:
         mem_mb=config["resources"]["preprocess_mem_mb"],
     params:
-        quiz_dir=lambda wildcards: quiz_dir(),
-        dataset_name=DATASET,
-        split_scheme=config["training"]["split"],
+        quiz_dir=lambda wildcards: quiz_dir(wildcards.dataset),
+        allow_partial=lambda wildcards: wildcards.dataset == REAL_SCALE_DATASET,
+        split_scheme=lambda wildcards: (
+            "official"
+            if wildcards.dataset == REAL_SCALE_DATASET
+            else config["training"]["split"]
+        ),
         k=config["training"]["k"],
+        kfold_seed=config["training"]["kfold_seed"],
     script:
         "../scripts/convert_quiz_to_nnunet.py"

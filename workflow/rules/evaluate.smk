@@ -1,8 +1,8 @@
 rule evaluate_validation:
     input:
         predictions="results/predictions/validation",
-        case_table="results/dataset/case_table.csv",
-        raw_dataset=RAW_DATASET,
+        case_table=dataset_tables(DATASET)["case_table"],
+        raw_dataset=raw_dataset(DATASET),
     output:
         summary="results/metrics/summary.json",
         per_case="results/metrics/segmentation_per_case.csv",

@@ -1,22 +1,26 @@
 rule plan_and_preprocess:
     input:
-        raw_dataset=RAW_DATASET,
-        splits="results/dataset/splits_final.json",
+        raw_dataset=raw_dataset("{dataset}"),
+        splits=dataset_tables("{dataset}")["splits"],
     output:
-        preprocessed=directory(PREPROCESSED_DATASET),
+        plans=preprocessed("{dataset}")["plans"],
+        dataset_json=preprocessed("{dataset}")["dataset_json"],
+        splits=preprocessed("{dataset}")["splits"],
+        data=touch(preprocessed("{dataset}")["data"]),
     log:
-        "logs/plan_and_preprocess.log",
+        "logs/plan_and_preprocess_{dataset}.log",
     benchmark:
-        "benchmarks/plan_and_preprocess.tsv"
+        "benchmarks/plan_and_preprocess_{dataset}.tsv"
     conda:
         "../../envs/nnunet.yaml"
     threads: preprocess_threads()
     resources:
         mem_mb=config["resources"]["preprocess_mem_mb"],
     params:
-        dataset_id=config["nnunet"]["dataset_id"],
+        nnunet_root=lambda wildcards, output: nnunet_root_of(output.plans),
+        dataset_id=lambda wildcards: int(wildcards.dataset[len("Dataset") :][:3]),
         planner=config["nnunet"]["planner"],
-        plans_name=config["nnunet"]["plans_name"],
+        plans_name=PLANS_NAME,
         cpu_configuration=config["nnunet"]["cpu_configuration"],
     script:
         "../scripts/plan_and_preprocess.py"

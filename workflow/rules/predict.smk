@@ -1,8 +1,8 @@
 rule predict_split:
     input:
-        models=stage2_checkpoints(),
-        raw_dataset=RAW_DATASET,
-        case_table="results/dataset/case_table.csv",
+        **model_files(STAGE2_MODEL, FOLDS, INFERENCE_CHECKPOINT),
+        raw_dataset=raw_dataset(DATASET),
+        case_table=dataset_tables(DATASET)["case_table"],
     output:
         predictions=directory("results/predictions/{split}"),
     log:
@@ -17,6 +17,7 @@ rule predict_split:
         runtime=config["resources"]["predict_runtime_min"],
         gpu=config["resources"]["predict_gpus"],
     params:
+        model_folder=lambda wildcards, input: model_folder_of(input.plans),
         folds=FOLDS,
         checkpoint=INFERENCE_CHECKPOINT,
         inference=config["inference"],

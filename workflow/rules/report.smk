@@ -1,11 +1,11 @@
 rule report_plots:
     input:
-        stage1_checkpoint=f"{TRAINED_DATASET}/{STAGE1_FOLDER}/fold_{FOLDS[0]}/checkpoint_final.pth",
-        stage2_checkpoint=f"{TRAINED_DATASET}/{STAGE2_FOLDER}/fold_{FOLDS[0]}/checkpoint_final.pth",
+        stage1_checkpoint=f"{STAGE1_MODEL}/fold_{FOLDS[0]}/checkpoint_final.pth",
+        stage2_checkpoint=f"{STAGE2_MODEL}/fold_{FOLDS[0]}/checkpoint_final.pth",
         segmentation_per_case="results/metrics/segmentation_per_case.csv",
         classification="results/metrics/classification.json",
-        case_table="results/dataset/case_table.csv",
-        raw_dataset=RAW_DATASET,
+        case_table=dataset_tables(DATASET)["case_table"],
+        raw_dataset=raw_dataset(DATASET),
         predictions="results/predictions/validation",
         benchmark="results/benchmark/summary.json",
         benchmark_per_case="results/benchmark/per_case.csv",

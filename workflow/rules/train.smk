@@ -1,9 +1,9 @@
 rule train_stage1:
     input:
-        preprocessed=PREPROCESSED_DATASET,
-        case_table="results/dataset/case_table.csv",
+        **preprocessed(DATASET),
+        case_table=dataset_tables(DATASET)["case_table"],
     output:
-        checkpoint=f"{TRAINED_DATASET}/{STAGE1_FOLDER}/fold_{{fold}}/checkpoint_final.pth",
+        checkpoints=checkpoint_files(STAGE1_MODEL, STAGE1_CHECKPOINTS),
     log:
         "logs/train_stage1_fold{fold}.log",
     benchmark:
@@ -17,11 +17,12 @@ rule train_stage1:
         gpu=config["resources"]["train_gpus"],
     params:
         stage="stage1",
+        nnunet_root=lambda wildcards, input: nnunet_root_of(input.plans),
+        model_folder=lambda wildcards, output: model_folder_of(output.checkpoints[0], 2),
         dataset_id=config["nnunet"]["dataset_id"],
         configuration=config["nnunet"]["configuration"],
-        plans_name=config["nnunet"]["plans_name"],
+        plans_name=PLANS_NAME,
         trainer=STAGE1_TRAINER,
-        settings=config["training"]["stage1"],
         training=config["training"],
         wandb=config["wandb"],
     script:
@@ -30,11 +31,11 @@ rule train_stage1:
 
 rule train_stage2:
     input:
-        preprocessed=PREPROCESSED_DATASET,
-        case_table="results/dataset/case_table.csv",
-        stage1=f"{TRAINED_DATASET}/{STAGE1_FOLDER}/fold_{{fold}}/checkpoint_final.pth",
+        **preprocessed(DATASET),
+        case_table=dataset_tables(DATASET)["case_table"],
+        stage1_checkpoint=f"{STAGE1_MODEL}/fold_{{fold}}/{STAGE2_INIT_CHECKPOINT}",
     output:
-        checkpoint=f"{TRAINED_DATASET}/{STAGE2_FOLDER}/fold_{{fold}}/checkpoint_final.pth",
+        checkpoints=checkpoint_files(STAGE2_MODEL, STAGE2_CHECKPOINTS),
     log:
         "logs/train_stage2_fold{fold}.log",
     benchmark:
@@ -48,12 +49,32 @@ rule train_stage2:
         gpu=config["resources"]["train_gpus"],
     params:
         stage="stage2",
+        nnunet_root=lambda wildcards, input: nnunet_root_of(input.plans),
+        model_folder=lambda wildcards, output: model_folder_of(output.checkpoints[0], 2),
         dataset_id=config["nnunet"]["dataset_id"],
         configuration=config["nnunet"]["configuration"],
-        plans_name=config["nnunet"]["plans_name"],
+        plans_name=PLANS_NAME,
         trainer=STAGE2_TRAINER,
-        settings=config["training"]["stage2"],
         training=config["training"],
         wandb=config["wandb"],
     script:
         "../scripts/train_nnunet.py"
+
+
+# What a predictor reads beside the weights. nnU-Net's trainer writes the same two files at its start; this
+# rule writes them from the plans, so that prediction can name them as inputs (the folds share them).
+rule model_folder_metadata:
+    input:
+        plans=preprocessed(DATASET)["plans"],
+        dataset_json=preprocessed(DATASET)["dataset_json"],
+    output:
+        plans=f"{TRAINED_DATASET}/{{model}}/plans.json",
+        dataset_json=f"{TRAINED_DATASET}/{{model}}/dataset.json",
+    log:
+        "logs/model_folder_metadata_{model}.log",
+    benchmark:
+        "benchmarks/model_folder_metadata_{model}.tsv"
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "(cp {input.plans} {output.plans} && cp {input.dataset_json} {output.dataset_json}) 2> {log}"

@@ -13,10 +13,12 @@ def main():
         snakemake.output.raw_dataset,  # noqa: F821
         snakemake.output.splits,  # noqa: F821
         snakemake.output.case_table,  # noqa: F821
-        dataset_name=snakemake.params.dataset_name,  # noqa: F821
+        dataset_name=snakemake.wildcards.dataset,  # noqa: F821
         n_workers=snakemake.threads,  # noqa: F821
+        allow_partial=snakemake.params.allow_partial,  # noqa: F821
         split_scheme=snakemake.params.split_scheme,  # noqa: F821
         k=snakemake.params.k,  # noqa: F821
+        kfold_seed=snakemake.params.kfold_seed,  # noqa: F821
     )
 
 

@@ -1,31 +1,28 @@
 import logging
 from pathlib import Path
 
-from pancreas_mtl.model.training_settings import CHECKPOINT_FILES, TrainingSettings
 from pancreas_mtl.nnunet.environment import NnunetFolders
-from pancreas_mtl.nnunet.training import train_stage, wandb_run_folders
+from pancreas_mtl.nnunet.train_command import train_stage, wandb_run_folders
 from pancreas_mtl.script_logging import run_logged
+from pancreas_mtl.training.settings import stage_settings
 
 
 def main():
-    params = snakemake.params
+    params, fold = snakemake.params, snakemake.wildcards.fold
     training = params.training
-    settings = TrainingSettings.from_dict(
-        {**params.settings, "case_table": str(Path(snakemake.input.case_table).resolve())}
-    )
+    extra = {"case_table": str(Path(snakemake.input.case_table).resolve())}
     if params.stage == "stage2":
-        stage1_folder = Path(snakemake.input.stage1).parent
-        settings.stage1_checkpoint = str((stage1_folder / CHECKPOINT_FILES[training["stage2_init"]]).resolve())
-    fold_folder = Path(snakemake.output.checkpoint).parent
+        extra["stage1_checkpoint"] = str(Path(snakemake.input.stage1_checkpoint).resolve())
+    fold_folder = Path(params.model_folder) / f"fold_{fold}"
     train_stage(
-        NnunetFolders.under(Path(snakemake.input.preprocessed).parents[1]),
+        NnunetFolders.under(params.nnunet_root),
         params.dataset_id,
         params.configuration,
-        snakemake.wildcards.fold,
+        fold,
         params.trainer,
         params.plans_name,
-        settings,
-        fold_folder.parent / f"training_settings_{params.stage}_fold{snakemake.wildcards.fold}.json",
+        stage_settings(training, params.stage, **extra),
+        Path(params.model_folder) / f"training_settings_{params.stage}_fold{fold}.json",
         device=training["device"],
         num_gpus=training["num_gpus"],
         data_augmentation_workers=snakemake.threads,
