@@ -134,9 +134,10 @@ def test_training_validation_and_prediction_give_the_same_masks_and_probabilitie
     monkeypatch.setenv("nnUNet_preprocessed", str(root / "preprocessed"))
     monkeypatch.setenv("nnUNet_results", str(tmp_path / "trained"))  # the trainer's own folder: not the smoke run's
     monkeypatch.setenv(SETTINGS_ENV, str(model / "training_settings_stage2_fold0.json"))
+    plans = load_json(str(model / "plans.json"))
+    plans["continue_training"] = False  # what nnUNetv2_train passes
     trainer = nnUNetTrainerPancreasMultiTask(
-        load_json(str(model / "plans.json")), "3d_cpu_demo", 0, load_json(str(model / "dataset.json")),
-        device=torch.device("cpu"),
+        plans, "3d_cpu_demo", 0, load_json(str(model / "dataset.json")), device=torch.device("cpu")
     )
     trainer.initialize()
     trainer.load_checkpoint(str(model / "fold_0" / checkpoint))

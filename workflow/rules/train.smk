@@ -77,4 +77,4 @@ rule model_folder_metadata:
     conda:
         "../../envs/data.yaml"
     shell:
-        "(cp {input.plans} {output.plans} && cp {input.dataset_json} {output.dataset_json}) 2> {log}"
+        "(cp -v {input.plans} {output.plans} && cp -v {input.dataset_json} {output.dataset_json}) > {log} 2>&1"
