@@ -57,6 +57,7 @@ def _fixture(tmp_path) -> SimpleNamespace:
 
 
 def _evaluate(smk: SimpleNamespace, **kwargs) -> dict:
+    kwargs.setdefault("nsd_tolerance_mm", smk.params.nsd_tolerance_mm)
     return evaluate_validation_predictions(smk.input.predictions, smk.input.case_table, smk.input.raw_dataset,
                                            smk.output.summary, **kwargs)
 

@@ -17,9 +17,9 @@ def main():
         smk.input.case_table,
         smk.input.raw_dataset,
         smk.output.summary,
-        nsd_tolerance_mm=float(getattr(smk.params, "nsd_tolerance_mm", 2.0)),
-        extra=getattr(smk.params, "extra", None),
-        n_workers=int(getattr(smk, "threads", 1) or 1),
+        nsd_tolerance_mm=smk.params.nsd_tolerance_mm,
+        extra=smk.params.extra,
+        n_workers=smk.threads,
     )
 
 

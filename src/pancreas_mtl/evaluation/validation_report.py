@@ -67,7 +67,7 @@ def _classification(validation: pd.DataFrame, predictions_dir: Path) -> dict:
 
 
 def evaluate_validation_predictions(predictions_dir: str | Path, case_table: str | Path, raw_dataset: str | Path,
-                                    summary_path: str | Path, nsd_tolerance_mm: float = 2.0,
+                                    summary_path: str | Path, nsd_tolerance_mm: float,
                                     extra: dict | None = None, n_workers: int = 1) -> dict:
     """Score the validation predictions and write the metrics files; return the ``summary.json`` dict.
 
