@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pancreas_mtl.errors import UserInputError
+from pancreas_mtl.data.tables import read_checked_csv
 
 CASE_TABLE_FILE = "case_table.csv"
 CASE_TABLE_COLUMNS = ("case_id", "split", "subtype", "image", "mask")
@@ -25,25 +25,6 @@ def write_case_table(path: str | Path, rows: list[dict[str, str]]) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
-
-
-def read_checked_csv(path: str | Path, what: str, read_as: str, columns, **read_csv_kwargs) -> pd.DataFrame:
-    """Read a CSV file that must hold ``columns``; the project's one checked CSV reader.
-
-    A missing file (``"{what} not found: {path}"``), a file pandas cannot read (``"{path}: cannot be read
-    as {read_as} (...)"``) and missing columns each raise :class:`~pancreas_mtl.errors.UserInputError`.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"{what} not found: {path}")
-    try:
-        table = pd.read_csv(path, **read_csv_kwargs)
-    except Exception as err:
-        raise UserInputError(f"{path}: cannot be read as {read_as} ({type(err).__name__}: {err})") from err
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise UserInputError(f"{path}: missing column(s) {', '.join(missing)} (expected {','.join(columns)})")
-    return table
 
 
 def read_case_table(path: str | Path) -> pd.DataFrame:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pancreas_mtl.data.case_table import read_checked_csv
+from pancreas_mtl.data.tables import read_checked_csv
 from pancreas_mtl.evaluation.segmentation import METRICS, TABLE_COLUMNS
 
 SEGMENTATION_PER_CASE_FILE = "segmentation_per_case.csv"
