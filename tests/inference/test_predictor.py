@@ -153,7 +153,13 @@ def test_training_validation_and_prediction_give_the_same_masks_and_probabilitie
         predicted = predict_images(predictor, images, tmp_path / "masks", settings)
     finally:
         predictor.close()
-    for key, (labels, probabilities) in validation.items():
+    # a later call on bare preprocessed data files nothing under the name of the last case predicted
+    last = list(predicted)[-1]
+    data, _ = preprocess_case(str(images[0]), predictor.plans_manager, predictor.configuration_manager,
+                              predictor.dataset_json)
+    predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data))
+    assert len(predicted) >= 2 and np.array_equal(predictor.class_probabilities[last], predicted[last])
+    for key, (labels, probabilities, _) in validation.items():
         assert np.allclose(predicted[key], probabilities, atol=1e-6), key
         data, _ = preprocess_case(str(root / "raw" / "Dataset501_PancreasQuiz" / "imagesTr" / f"{key}_0000.nii.gz"),
                                   predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json)

@@ -137,12 +137,17 @@ class MultiTaskPredictor(nnUNetPredictor):
             for image in images
         ]
         exports = []
-        for job, ofile in zip(pending, output_files_truncated):
-            data, properties = job.get()
-            self._current_case = Path(ofile).name
-            logits = self.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu().numpy()
-            exports.append(export.apply_async(export_prediction_from_logits, (
-                logits, properties, self.configuration_manager, self.plans_manager, self.dataset_json, ofile, False)))
+        try:
+            for job, ofile in zip(pending, output_files_truncated):
+                data, properties = job.get()
+                self._current_case = Path(ofile).name
+                logits = self.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu().numpy()
+                exports.append(export.apply_async(export_prediction_from_logits, (
+                    logits, properties, self.configuration_manager, self.plans_manager, self.dataset_json, ofile,
+                    False)))
+        finally:
+            # a later call on bare preprocessed data must not file its probabilities under the last case's name
+            self._current_case = None
         for job in exports:
             job.get()
 
@@ -154,7 +159,12 @@ class MultiTaskPredictor(nnUNetPredictor):
                 self._current_case = None if ofile is None else str(ofile).rsplit("/", 1)[-1]
                 yield item
 
-        return super().predict_from_data_iterator(tracking(data_iterator), save_probabilities, num_processes_segmentation_export)
+        try:
+            return super().predict_from_data_iterator(
+                tracking(data_iterator), save_probabilities, num_processes_segmentation_export
+            )
+        finally:
+            self._current_case = None
 
     # ------------------------------------------------------------------ the hooks
     def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:

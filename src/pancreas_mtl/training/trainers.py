@@ -22,6 +22,7 @@ import json
 import math
 from os.path import join
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -48,6 +49,12 @@ FULL_VALIDATION_LOG_KEYS = {
     "combined": "full_val_combined",
     "macro_f1": "full_val_macro_f1",
 }
+
+
+class ValidationCase(NamedTuple):
+    labels: np.ndarray  # predicted, preprocessed space
+    class_probabilities: np.ndarray | None  # None for a segmentation-only network
+    reference: np.ndarray  # the case's reference labels, preprocessed space
 
 
 def unwrap_network(network: nn.Module) -> nn.Module:
@@ -117,8 +124,9 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
         )
         return predictor
 
-    def predict_validation_cases(self) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
-        """Labels (preprocessed space) and class probabilities (None in stage 1) of every validation case."""
+    def predict_validation_cases(self) -> dict[str, ValidationCase]:
+        """Predicted labels (preprocessed space), class probabilities (None in stage 1) and reference labels of
+        every validation case."""
         net = self.plain_network()
         was_training = net.training
         net.eval()
@@ -132,9 +140,11 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
         results = {}
         try:
             for key in val_keys:
-                data, _, _, _ = dataset.load_case(key)
+                data, seg, _, _ = dataset.load_case(key)
                 logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.asarray(data[:])))
-                results[key] = (logits.argmax(0).cpu().numpy(), predictor.last_class_probabilities)
+                results[key] = ValidationCase(
+                    logits.argmax(0).cpu().numpy(), predictor.last_class_probabilities, np.asarray(seg[:])[0]
+                )
         finally:
             self.set_deep_supervision_enabled(self.enable_deep_supervision)
             net.train(was_training)
@@ -142,18 +152,12 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
 
     def run_full_validation(self) -> dict[str, float]:
         """Whole-pancreas and lesion Dice (and macro-F1 in stage 2) over every full validation volume."""
-        _, val_keys = self.do_split()
-        dataset = self.dataset_class(
-            self.preprocessed_dataset_folder, val_keys,
-            folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage,
-        )
         whole, lesion, predicted, truth = [], [], [], []
-        for key, (labels, probabilities) in self.predict_validation_cases().items():
-            reference = np.asarray(dataset.load_case(key)[1][:])[0]
-            whole.append(dice(labels > 0, reference > 0))
-            lesion.append(dice(labels == LESION_LABEL, reference == LESION_LABEL))
+        for key, case in self.predict_validation_cases().items():
+            whole.append(dice(case.labels > 0, case.reference > 0))
+            lesion.append(dice(case.labels == LESION_LABEL, case.reference == LESION_LABEL))
             if self.multitask:
-                predicted.append(int(np.argmax(probabilities)))
+                predicted.append(int(np.argmax(case.class_probabilities)))
                 truth.append(self.case_subtypes[key])
         metrics = {"whole_dice": float(np.mean(whole)), "lesion_dice": float(np.mean(lesion))}
         if self.multitask:
