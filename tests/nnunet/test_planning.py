@@ -102,3 +102,12 @@ def test_add_configuration_keeps_the_planned_ones(tmp_path):
     assert written["configurations"]["3d_cpu_demo"]["inherits_from"] == "3d_fullres"
     with pytest.raises(UserInputError, match="refusing to replace"):
         add_configuration(plans_file, "3d_fullres", {})
+
+
+def test_dataset_id_is_read_back_from_the_folder_name():
+    from pancreas_mtl.nnunet.environment import dataset_folder_name, dataset_id_of
+
+    assert dataset_id_of(dataset_folder_name(7, "RealScale")) == 7
+    assert dataset_id_of("Dataset501_PancreasQuiz") == 501
+    with pytest.raises(ValueError, match="not an nnU-Net dataset name"):
+        dataset_id_of("PancreasQuiz")

@@ -18,7 +18,6 @@ rule plan_and_preprocess:
         mem_mb=config["resources"]["preprocess_mem_mb"],
     params:
         nnunet_root=lambda wildcards, output: nnunet_root_of(output.plans),
-        dataset_id=lambda wildcards: int(wildcards.dataset[len("Dataset") :][:3]),
         planner=config["nnunet"]["planner"],
         plans_name=PLANS_NAME,
         cpu_configuration=config["nnunet"]["cpu_configuration"],

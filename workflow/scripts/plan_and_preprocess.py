@@ -7,7 +7,7 @@ def main():
     params = snakemake.params
     plan_dataset(
         NnunetFolders.under(params.nnunet_root),
-        params.dataset_id,
+        snakemake.wildcards.dataset,
         planner=params.planner,
         plans_name=params.plans_name,
         cpu_configuration=params.cpu_configuration,

@@ -250,7 +250,8 @@ def benchmark_split(model_folder: str | Path, folds: list[int], checkpoint_name:
         raise UserInputError(f"{case_table}: no {split} images to benchmark")
     if not note:
         checkpoint = Path(model_folder) / f"fold_{folds[0]}" / checkpoint_name
-        note = torch.load(checkpoint, map_location="cpu", weights_only=False).get("note", "")
+        # mmap: the note is read without reading the weights
+        note = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True).get("note", "")
     return run_benchmark(model_folder, folds, checkpoint_name, images, out_dir, settings, repeats=repeats,
                          setting=setting, with_agreement=with_agreement, note=note)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -58,6 +59,14 @@ def resolve_device(device: str) -> str:
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:
     return f"Dataset{int(dataset_id):03d}_{name}"
+
+
+def dataset_id_of(dataset_folder: str) -> int:
+    """The id of a ``DatasetNNN_Name`` folder name (the inverse of :func:`dataset_folder_name`)."""
+    match = re.fullmatch(r"Dataset(\d{3})_.+", dataset_folder)
+    if match is None:
+        raise ValueError(f"{dataset_folder!r} is not an nnU-Net dataset name (DatasetNNN_Name)")
+    return int(match[1])
 
 
 def nnunet_executable(name: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pancreas_mtl.errors import UserInputError
-from pancreas_mtl.nnunet.environment import NnunetFolders, run_nnunet_command
+from pancreas_mtl.nnunet.environment import NnunetFolders, dataset_id_of, run_nnunet_command
 
 log = logging.getLogger(__name__)
 
@@ -115,23 +115,15 @@ def load_planned_configuration(plans_file: str | Path, name: str = PARENT_CONFIG
     return json.loads(Path(plans_file).read_text())["configurations"][name]
 
 
-def plan_dataset(folders: NnunetFolders, dataset_id: int, planner: str, plans_name: str,
+def plan_dataset(folders: NnunetFolders, dataset: str, planner: str, plans_name: str,
                  cpu_configuration: dict, splits_json: str | Path, n_processes: int) -> Path:
-    """Plan and preprocess one raw dataset, add the small CPU configuration to its plans and install its
-    splits; returns the plans file."""
-    dataset_dir = folders.preprocessed / dataset_folder_name_of(folders.raw, dataset_id)
-    plan_and_preprocess(folders, dataset_id, planner=planner, n_processes=n_processes)
+    """Plan and preprocess one raw dataset (``DatasetNNN_Name``), add the small CPU configuration to its plans
+    and install its splits; returns the plans file."""
+    dataset_dir = folders.preprocessed / dataset
+    plan_and_preprocess(folders, dataset_id_of(dataset), planner=planner, n_processes=n_processes)
     plans_file = dataset_dir / f"{plans_name}.json"
     small = dict(cpu_configuration)
     name = small.pop("name")
     add_configuration(plans_file, name, derive_small_configuration(load_planned_configuration(plans_file), **small))
     install_splits(splits_json, dataset_dir)
     return plans_file
-
-
-def dataset_folder_name_of(raw: Path, dataset_id: int) -> str:
-    """The ``DatasetNNN_Name`` folder of a dataset id under nnU-Net's raw folder."""
-    matches = sorted(p.name for p in Path(raw).glob(f"Dataset{int(dataset_id):03d}_*") if p.is_dir())
-    if len(matches) != 1:
-        raise RuntimeError(f"expected one raw dataset with id {dataset_id} in {raw}, found {matches or 'none'}")
-    return matches[0]
