@@ -65,7 +65,7 @@ pid_alive() {  # pid_alive NAME: the recorded daemon NAME is running (and really
 node_state() { SLURM_CONF="$CONF" timeout 10 sinfo -h -N -o '%T' 2>/dev/null | head -1 || true; }
 
 dump_logs() {
-    for f in "$LOGS"/*.log; do
+    for f in "$LOGS"/*.log "$LOGS"/*.out; do  # .out: what a daemon printed before its log file opened
         [ -f "$f" ] || continue
         echo "----- $f (last 40 lines) -----" >&2
         tail -n 40 "$f" >&2
@@ -177,10 +177,20 @@ chmod 0400 "$MUNGE/munge.key"
 rm -f "$MUNGE/munge.socket" "$MUNGE/munge.socket.lock"
 
 start_daemon() {  # start_daemon NAME CMD...: run CMD in the foreground of its own session, record its PID
-    local name="$1"; shift
+    local name="$1" pid; shift
     setsid "$@" </dev/null >>"$LOGS/$name.out" 2>&1 &
-    echo $! >"$PIDS/$name.pid"
-    log "started $name (pid $!)"
+    pid=$!
+    echo "$pid" >"$PIDS/$name.pid"
+    # The PID runs bash, then setsid, before it execs the daemon: until then pid_alive (which checks the
+    # program's name) says no, and the startup loops below would take a daemon that is still starting for
+    # one that died (seen on a loaded CI machine: "slurmctld does not answer" one second after its start).
+    for _ in $(seq 100); do
+        pid_alive "$name" && { log "started $name (pid $pid)"; return 0; }
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    dump_logs
+    die "$name (pid $pid) did not start; logs above"
 }
 
 start_daemon munged munged --foreground --force --key-file="$MUNGE/munge.key" --socket="$MUNGE/munge.socket" \

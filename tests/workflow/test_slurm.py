@@ -10,6 +10,7 @@
 
 import os
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -79,11 +80,30 @@ slurm_only = pytest.mark.skipif(
 )
 
 
-def _script(name: str) -> subprocess.CompletedProcess:
+def _script(name: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["bash", str(REPO / ".ci" / "slurm" / name), str(STATE_DIR)],
-        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, env=env,
     )
+
+
+@slurm_only
+def test_start_waits_for_daemons_that_are_slow_to_exec(tmp_path):
+    """A daemon's PID runs bash and setsid before the daemon itself; on a loaded machine that takes a while,
+    and start.sh must not take a daemon that is still starting for one that died (CI once failed so)."""
+    assert _script("stop.sh").returncode == 0  # no cluster of an earlier test may answer for this one
+    shim = tmp_path / "bin" / "setsid"
+    shim.parent.mkdir()
+    shim.write_text(f"#!/bin/bash\nsleep 1.5\nexec {shutil.which('setsid')} \"$@\"\n")
+    shim.chmod(0o755)
+    slow_exec = {**os.environ, "PATH": f"{shim.parent}:{os.environ['PATH']}"}
+    try:
+        start = _script("start.sh", env=slow_exec)
+        assert start.returncode == 0, start.stdout + start.stderr
+        assert "cluster up" in start.stdout
+    finally:
+        stop = _script("stop.sh")
+        assert stop.returncode == 0, stop.stdout + stop.stderr
 
 
 @pytest.fixture(scope="module")
