@@ -1,15 +1,26 @@
 """Trainer pieces without a training run, and the trainers on a real preprocessed smoke dataset."""
 
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
 from pancreas_mtl.config import config_problems, load_schema
 from pancreas_mtl.nnunet.trainer_names import STAGE1_TRAINER, STAGE2_TRAINERS
 from pancreas_mtl.training import trainers
-from pancreas_mtl.training.losses import FocalLoss, PolyLRPerParamGroup, class_weights_from_counts
+from pancreas_mtl.training.losses import (
+    PolyLRPerParamGroup,
+    SubtypeLoss,
+    class_weights_from_counts,
+)
 from pancreas_mtl.training.selection import CheckpointSelector
-from pancreas_mtl.training.settings import SETTINGS_ENV, TrainingSettings, stage_settings
+from pancreas_mtl.training.settings import (
+    SETTINGS_ENV,
+    TrainingSettings,
+    stage_settings,
+)
 from pancreas_mtl.training.trainers import nnUNetTrainerPancreasMultiTask
 from tests.workflow_helpers import REPO
 
@@ -48,13 +59,45 @@ def test_class_weights_are_inverse_frequency():
         class_weights_from_counts([0, 1, 1])
 
 
-def test_focal_loss_with_gamma_zero_is_weighted_cross_entropy():
+def test_class_weights_count_per_sample_not_per_weight_sum():
+    """Defect: torch's weighted mean divides by the batch's summed weights, which cancels most of the weighting.
+
+    With the real training counts 62/106/84 the weights are N / (3 n_k) = 252/186, 252/318, 252/252. At equal
+    logits every sample's cross-entropy is ln 3, so the batch loss must be ln 3 times the mean of its samples'
+    weights: a subtype-0 sample alone gives 1.3548 ln 3 (torch's weighted mean gives ln 3 whatever the class).
+    """
+    weights = class_weights_from_counts([0] * 62 + [1] * 106 + [2] * 84)
+    assert torch.allclose(weights, torch.tensor([252 / 186, 252 / 318, 1.0]))
+    loss = SubtypeLoss(0.0, weights)
+    equal_logits = torch.zeros(2, 3)
+    assert loss(equal_logits[:1], torch.tensor([0])).item() == pytest.approx(252 / 186 * math.log(3))
+    pair = loss(equal_logits, torch.tensor([0, 1])).item()
+    assert pair == pytest.approx((252 / 186 + 252 / 318) / 2 * math.log(3))
+    # each class's share of a batch holding one sample of each is its weight's share: 1/3 each only if the
+    # weights are equal, i.e. the loss is no longer the class-blind mean
+    assert pair != pytest.approx(math.log(3))
+
+
+def test_focal_loss_is_cross_entropy_at_gamma_zero_and_down_weights_easy_samples():
     torch.manual_seed(0)
     logits, target = torch.randn(8, 3), torch.randint(0, 3, (8,))
     weight = torch.tensor([1.0, 2.0, 0.5])
-    expected = torch.nn.functional.cross_entropy(logits, target, weight=weight)
-    assert torch.allclose(FocalLoss(0.0, weight)(logits, target), expected)
-    assert FocalLoss(2.0)(logits, target) < torch.nn.functional.cross_entropy(logits, target)
+    per_sample = torch.nn.functional.cross_entropy(logits, target, reduction="none") * weight[target]
+    assert torch.allclose(SubtypeLoss(0.0, weight)(logits, target), per_sample.mean())
+    assert SubtypeLoss(2.0)(logits, target) < SubtypeLoss(0.0)(logits, target)
+
+
+def test_classification_loss_counts_only_the_samples_that_carry_the_lesion():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 3.0]], requires_grad=True)
+    target = torch.tensor([1, 1, 2])
+    loss = SubtypeLoss(0.0)
+    per_sample = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    counts = torch.tensor([True, False, True])
+    assert torch.allclose(loss(logits, target, counts), (per_sample[0] + per_sample[2]) / 2)
+    none = loss(logits, target, torch.zeros(3, dtype=torch.bool))
+    assert none.item() == 0.0
+    none.backward()  # still part of the graph: a batch without lesion patches trains the segmentation only
+    assert torch.count_nonzero(logits.grad) == 0
 
 
 def test_poly_schedule_keeps_each_groups_ratio():
@@ -129,3 +172,83 @@ def test_stage2_trainer_lands_stage1_weights_exactly(smoke_workflow, tmp_path, m
         assert torch.equal(model[key], tensor), key
     assert set(model) - set(stage1) == set(head_keys)
     assert set(trainer.case_subtypes) >= set(trainer.do_split()[0])
+
+
+def _smoke_trainer(smoke_workflow, tmp_path, monkeypatch, trainer_class, stage: str, **overrides):
+    """A real trainer on the smoke run's preprocessed data, built the way nnUNetv2_train builds it."""
+    from dataclasses import replace
+
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+
+    root = smoke_workflow / "results" / "nnunet"
+    dataset = "Dataset501_PancreasQuiz"
+    monkeypatch.setenv("nnUNet_raw", str(root / "raw"))
+    monkeypatch.setenv("nnUNet_preprocessed", str(root / "preprocessed"))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "trained"))
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")  # the loader runs in this process
+    settings = replace(stage_settings(
+        schema_default_training(), stage,
+        case_table=str(smoke_workflow / "results" / "dataset" / dataset / "case_table.csv"),
+    ), **overrides)
+    monkeypatch.setenv(SETTINGS_ENV, str(settings.write(tmp_path / f"settings_{len(list(tmp_path.iterdir()))}.json")))
+    plans = load_json(str(root / "preprocessed" / dataset / "nnUNetResEncUNetMPlans.json"))
+    plans["continue_training"] = False
+    dataset_json = load_json(str(root / "preprocessed" / dataset / "dataset.json"))
+    return trainer_class(plans, "3d_cpu_demo", 0, dataset_json, device=torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_foreground_oversampling_means_its_probability_at_batch_size_two(smoke_workflow, tmp_path, monkeypatch):
+    """Defect: nnU-Net forces the last round(batch * (1 - p)) samples, so at batch 2 p = 0.33 forced one of two."""
+    trainer = _smoke_trainer(smoke_workflow, tmp_path, monkeypatch, trainers.nnUNetTrainerPancreasSeg, "stage1",
+                             oversample_foreground_percent=0.33)
+    trainer.initialize()
+    assert trainer.batch_size == 2
+    train_loader, _ = trainer.get_dataloaders()
+    loader = train_loader.data_loader
+    np.random.seed(0)
+    forced = [loader.get_do_oversample(j) for _ in range(3000) for j in range(trainer.batch_size)]
+    assert np.mean(forced) == pytest.approx(0.33, abs=0.02)
+
+
+@pytest.mark.slow
+def test_lesion_centred_sampling_puts_the_lesion_in_the_forced_patches(smoke_workflow, tmp_path, monkeypatch):
+    """Defect: the forced-foreground crop centred on pancreas or lesion at random, so with patches smaller than
+    the volume many carried the case's subtype without its lesion. Measured with nnU-Net's own loader on the
+    smoke data, every patch forced and a patch much smaller than a case."""
+    from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+
+    from pancreas_mtl.training.sampling import (
+        LesionCentredSampling,
+        lesion_voxels_per_sample,
+    )
+
+    trainer = _smoke_trainer(smoke_workflow, tmp_path, monkeypatch, trainers.nnUNetTrainerPancreasSeg, "stage1")
+    trainer.initialize()
+    dataset_tr, _ = trainer.get_tr_and_val_datasets()
+    assert isinstance(dataset_tr, LesionCentredSampling)
+
+    def lesion_share(share: float) -> float:
+        loader = nnUNetDataLoader(LesionCentredSampling(dataset_tr.dataset, share), 2, (4, 8, 8), (4, 8, 8),
+                                  trainer.label_manager, oversample_foreground_percent=1.0,
+                                  probabilistic_oversampling=True)
+        np.random.seed(1)
+        voxels = torch.cat([lesion_voxels_per_sample(next(loader)["target"], trainer.label_manager)
+                            for _ in range(150)])
+        return (voxels > 0).float().mean().item()
+
+    assert lesion_share(1.0) == 1.0
+    assert lesion_share(0.0) < 0.9
+
+
+@pytest.mark.slow
+def test_the_training_seed_fixes_the_initial_weights(smoke_workflow, tmp_path, monkeypatch):
+    def initial_weights(seed: int) -> dict:
+        trainer = _smoke_trainer(smoke_workflow, tmp_path, monkeypatch, trainers.nnUNetTrainerPancreasSeg,
+                                 "stage1", seed=seed, sampling_seed=seed)
+        trainer.initialize()
+        return {k: v.clone() for k, v in trainer.plain_network().state_dict().items()}
+
+    first, again, other = initial_weights(3), initial_weights(3), initial_weights(4)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)

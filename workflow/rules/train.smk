@@ -24,6 +24,7 @@ rule train_stage1:
         plans_name=PLANS_NAME,
         trainer=STAGE1_TRAINER,
         training=config["training"],
+        postprocessing=config["postprocessing"],
         wandb=config["wandb"],
     script:
         "../scripts/train_nnunet.py"
@@ -56,6 +57,7 @@ rule train_stage2:
         plans_name=PLANS_NAME,
         trainer=STAGE2_TRAINER,
         training=config["training"],
+        postprocessing=config["postprocessing"],
         wandb=config["wandb"],
     script:
         "../scripts/train_nnunet.py"

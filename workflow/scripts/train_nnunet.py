@@ -1,6 +1,7 @@
 import logging
 from pathlib import Path
 
+from pancreas_mtl.inference.run import lesion_prior_threshold
 from pancreas_mtl.nnunet.environment import NnunetFolders
 from pancreas_mtl.nnunet.train_command import train_stage, wandb_run_folders
 from pancreas_mtl.script_logging import run_logged
@@ -10,7 +11,11 @@ from pancreas_mtl.training.settings import stage_settings
 def main():
     params, fold = snakemake.params, snakemake.wildcards.fold
     training = params.training
-    extra = {"case_table": str(Path(snakemake.input.case_table).resolve())}
+    extra = {
+        "case_table": str(Path(snakemake.input.case_table).resolve()),
+        # checkpoints are selected on masks post-processed as the exported predictions are
+        "lesion_prior_threshold": lesion_prior_threshold(params.postprocessing),
+    }
     if params.stage == "stage2":
         extra["stage1_checkpoint"] = str(Path(snakemake.input.stage1_checkpoint).resolve())
     fold_folder = Path(params.model_folder) / f"fold_{fold}"

@@ -17,22 +17,37 @@ def class_weights_from_counts(subtypes: list[int], num_classes: int = NUM_SUBTYP
     return torch.tensor(counts.sum() / (num_classes * counts), dtype=torch.float32)
 
 
-class FocalLoss(nn.Module):
-    """Multi-class focal loss (Lin et al. 2017) with optional per-class weights."""
+class SubtypeLoss(nn.Module):
+    """Subtype classification loss: per sample cross-entropy (``gamma`` 0) or focal loss (Lin et al. 2017),
+    times the sample's class weight, averaged over the samples that count.
 
-    def __init__(self, gamma: float = 2.0, weight: torch.Tensor | None = None):
+    The weights multiply each sample's loss and the mean runs over samples, not over weights: torch's
+    ``CrossEntropyLoss(weight=w)`` divides by the batch's summed weights, which mostly cancels the weighting
+    (with one sample per GPU, entirely). The weights N / (K n_k) average 1 over the training set.
+
+    ``counts`` (optional, one 0/1 value per sample): which samples count, e.g. those whose patch holds the
+    lesion; the mean runs over them, and a batch where none counts gives a zero loss (still differentiable).
+    """
+
+    def __init__(self, gamma: float = 0.0, weight: torch.Tensor | None = None):
         super().__init__()
         self.gamma = gamma
-        self.register_buffer("weight", weight if weight is not None else None)
+        self.register_buffer("weight", weight)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        log_probs = torch.log_softmax(logits, dim=1)
-        log_pt = log_probs.gather(1, target[:, None])[:, 0]
-        loss = -((1 - log_pt.exp()) ** self.gamma) * log_pt
+    def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = nn.functional.cross_entropy(logits, target, reduction="none")  # -log p_t
+        if self.gamma:
+            loss = (1 - torch.exp(-loss)) ** self.gamma * loss
         if self.weight is not None:
-            w = self.weight[target]
-            return (loss * w).sum() / w.sum()
-        return loss.mean()
+            loss = loss * self.weight[target]
+        return loss
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
+        loss = self.per_sample(logits, target)
+        if counts is None:
+            return loss.mean()
+        counts = counts.to(loss.dtype)
+        return (loss * counts).sum() / counts.sum().clamp_min(1)
 
 
 class PolyLRPerParamGroup:

@@ -20,7 +20,7 @@ STAGES = ("stage1", "stage2")
 # Multi-task settings that only stage 2 has in the config; stage 1 runs without them.
 STAGE2_ONLY = (
     "head_lr_factor", "head_dropout", "classification_loss", "focal_gamma", "class_weighting",
-    "classification_loss_weight", "classification_warmup_epochs",
+    "classification_loss_weight", "classification_warmup_epochs", "min_lesion_voxels_for_subtype",
 )
 
 
@@ -31,13 +31,23 @@ class TrainingSettings:
     val_iterations_per_epoch: int
     initial_lr: float
     batch_size_cap: int | None
+    # Probability that a training patch is forced to hold foreground (nnU-Net's probabilistic oversampling).
     oversample_foreground_percent: float
+    # Share of the forced-foreground patches centred on the lesion (the others: pancreas or lesion at random).
+    lesion_centred_share: float
     # Full-volume validation (sliding window over every validation case) for model selection.
     full_validation_every: int
     full_validation_tile_step: float
     full_validation_mirroring: bool
     checkpoint_every: int
+    # From the training section: torch's seed (weights, dropout) and the data sampling's (crops, augmentation).
+    seed: int
+    sampling_seed: int
+    # Lesion-presence prior in the full-volume validation: its relative threshold, None when switched off.
+    lesion_prior_threshold: float | None = None
     case_table: str | None = None
+    # Stage 1 only: "sgd" (nnU-Net's) or "adamw" (stage 2 always trains with AdamW, two parameter groups).
+    optimizer: str | None = None
     # Stage 2 only (None in stage 1).
     stage1_checkpoint: str | None = None
     head_lr_factor: float | None = None
@@ -47,8 +57,11 @@ class TrainingSettings:
     class_weighting: bool | None = None
     classification_loss_weight: float | None = None
     classification_warmup_epochs: int | None = None
+    min_lesion_voxels_for_subtype: int | None = None
 
     def __post_init__(self):
+        if self.optimizer not in (None, "sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {self.optimizer!r}")
         if self.classification_loss not in (None, "ce", "focal"):
             raise ValueError(f"classification_loss must be 'ce' or 'focal', not {self.classification_loss!r}")
 
@@ -80,8 +93,11 @@ class TrainingSettings:
 
 
 def stage_settings(training_config: dict, stage: str, **extra) -> TrainingSettings:
-    """The settings of one stage from the schema-validated ``training`` config section, plus ``extra``
-    (``case_table``, ``stage1_checkpoint``)."""
+    """The settings of one stage from the schema-validated ``training`` config section (its stage block and its
+    seeds), plus ``extra`` (``case_table``, ``stage1_checkpoint``, ``lesion_prior_threshold``)."""
     if stage not in STAGES:
         raise ValueError(f"unknown training stage {stage!r}; stages: {', '.join(STAGES)}")
-    return TrainingSettings.from_dict({**training_config[stage], **extra})
+    seed = training_config["seed"]
+    sampling_seed = training_config["sampling_seed"]
+    seeds = {"seed": seed, "sampling_seed": seed if sampling_seed is None else sampling_seed}
+    return TrainingSettings.from_dict({**training_config[stage], **seeds, **extra})

@@ -5,8 +5,14 @@
 - :class:`nnUNetTrainerPancreasMultiTask` (stage 2, ROI-attention head) and
   :class:`nnUNetTrainerPancreasMultiTaskGlobalPool` (plain global pooling head): load the stage-1 weights
   themselves (nnU-Net's ``-pretrained_weights`` refuses a model with extra keys), then train segmentation and
-  subtype classification jointly; every training patch carries its case's subtype. Full-volume validation adds
-  macro-F1 and the best-F1 checkpoint.
+  subtype classification jointly; a training patch carries its case's subtype only when it holds at least
+  ``min_lesion_voxels_for_subtype`` lesion voxels. Full-volume validation adds macro-F1 and the best-F1
+  checkpoint.
+
+Sampling (both stages): nnU-Net's probabilistic foreground oversampling (each sample draws whether it is forced),
+with a share of the forced crops centred on the lesion (:mod:`pancreas_mtl.training.sampling`); the share of
+patches that held a lesion is logged per epoch. ``seed`` and ``sampling_seed`` seed torch and nnU-Net's
+numpy-driven sampling, in this process and in each augmentation worker.
 
 Full-volume validation predicts through :class:`~pancreas_mtl.inference.predictor.MultiTaskPredictor`, set up
 with ``manual_initialization`` as nnU-Net's own trainer sets up ``nnUNetPredictor``: the code that picks a
@@ -20,12 +26,16 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from os.path import join
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import (
+    NonDetMultiThreadedAugmenter,
+)
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from sklearn.metrics import f1_score
@@ -36,10 +46,26 @@ from torch.nn.parallel import DistributedDataParallel
 from pancreas_mtl.data.case_table import case_subtypes
 from pancreas_mtl.data.labels import LESION_LABEL, NUM_SUBTYPES, SUBTYPES
 from pancreas_mtl.evaluation.segmentation import dice
+from pancreas_mtl.inference.lesion_prior import (
+    apply_lesion_presence_prior,
+    lesion_output_channel,
+)
 from pancreas_mtl.inference.predictor import MultiTaskPredictor
 from pancreas_mtl.model.network import MultiTaskUNet, build_multitask_network
-from pancreas_mtl.training.losses import FocalLoss, PolyLRPerParamGroup, class_weights_from_counts
-from pancreas_mtl.training.selection import SCORE_CHECKPOINTS, CheckpointSelector, combined_score
+from pancreas_mtl.training.losses import (
+    PolyLRPerParamGroup,
+    SubtypeLoss,
+    class_weights_from_counts,
+)
+from pancreas_mtl.training.sampling import (
+    LesionCentredSampling,
+    lesion_voxels_per_sample,
+)
+from pancreas_mtl.training.selection import (
+    SCORE_CHECKPOINTS,
+    CheckpointSelector,
+    combined_score,
+)
 from pancreas_mtl.training.settings import TrainingSettings
 
 # Per-epoch log keys of the full-volume validation, by the metric they hold (NaN in epochs without one).
@@ -78,12 +104,23 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.settings = TrainingSettings.from_environment()
         s = self.settings
+        # Before initialize() builds the network: torch's seed sets its initial weights (and dropout); the
+        # sampling seed sets nnU-Net's numpy-driven crops and augmentation (see get_dataloaders for the workers).
+        torch.manual_seed(s.seed)
+        random.seed(s.sampling_seed)
+        np.random.seed(s.sampling_seed)
         self.num_epochs = s.num_epochs
         self.num_iterations_per_epoch = s.iterations_per_epoch
         self.num_val_iterations_per_epoch = s.val_iterations_per_epoch
         self.initial_lr = s.initial_lr
         self.oversample_foreground_percent = s.oversample_foreground_percent
+        # Each sample draws whether it is forced to hold foreground. nnU-Net's default forces the last
+        # round(batch * (1 - p)) samples of a batch: at batch 2, p = 0.33, 0.5 and 0.66 all force one of two.
+        self.probabilistic_oversampling = True
         self.save_every = s.checkpoint_every
+        if s.optimizer != "sgd":
+            # AdamW's decoupled weight decay (nnU-Net logs self.weight_decay; configure_optimizers uses it)
+            self.weight_decay = 1e-4
         for key in self._extra_log_keys():
             self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
         self.checkpoint_selector = CheckpointSelector(self.selection_scores)
@@ -91,7 +128,9 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
 
     # ------------------------------------------------------------------ settings hooks
     def _extra_log_keys(self) -> list[str]:
-        return [FULL_VALIDATION_LOG_KEYS[k] for k in ("whole_dice", "lesion_dice", "combined")]
+        return [FULL_VALIDATION_LOG_KEYS[k] for k in ("whole_dice", "lesion_dice", "combined")] + [
+            "train_lesion_patch_share"
+        ]
 
     def _set_batch_size_and_oversample(self):
         super()._set_batch_size_and_oversample()
@@ -103,6 +142,45 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
     def plain_network(self) -> nn.Module:
         """The network without DDP / torch.compile wrappers."""
         return unwrap_network(self.network)
+
+    def configure_optimizers(self):
+        """nnU-Net's SGD (Nesterov, momentum 0.99) and poly schedule, or AdamW with the same poly schedule.
+
+        AdamW is for short trainings (the CPU demo): with a few hundred iterations, SGD's poly decay has
+        brought the rate down before the small lesion class is picked up.
+        """
+        if self.settings.optimizer == "sgd":
+            return super().configure_optimizers()
+        optimizer = torch.optim.AdamW(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay)
+        return optimizer, PolyLRPerParamGroup(optimizer, self.num_epochs)
+
+    # ------------------------------------------------------------------ sampling
+    def get_tr_and_val_datasets(self):
+        dataset_tr, dataset_val = super().get_tr_and_val_datasets()
+        return LesionCentredSampling(dataset_tr, self.settings.lesion_centred_share), dataset_val
+
+    def get_dataloaders(self):
+        loaders = super().get_dataloaders()
+        # nnU-Net starts its augmentation workers with seeds=None: each would seed itself from the OS. Restart
+        # them with seeds derived from the sampling seed (batches still arrive in the order the workers finish).
+        for offset, loader in zip((0, 1000), loaders):
+            if isinstance(loader, NonDetMultiThreadedAugmenter):
+                loader.seeds = [self.settings.sampling_seed * 10_000 + offset + i for i in range(loader.num_processes)]
+                loader.restart()
+        return loaders
+
+    def train_step(self, batch: dict) -> dict:
+        lesion_voxels = lesion_voxels_per_sample(batch["target"], self.label_manager)
+        return {**super().train_step(batch), **self._lesion_patch_outputs(lesion_voxels)}
+
+    def _lesion_patch_outputs(self, lesion_voxels: torch.Tensor) -> dict:
+        return {"lesion_patch_share": (lesion_voxels > 0).float().mean().item()}
+
+    def on_train_epoch_end(self, train_outputs: list[dict]):
+        super().on_train_epoch_end(train_outputs)
+        share = float(np.mean([o["lesion_patch_share"] for o in train_outputs]))
+        self.logger.log("train_lesion_patch_share", share, self.current_epoch)
+        self.print_to_log_file(f"share of training patches holding lesion: {share:.3f}")
 
     # ------------------------------------------------------------------ full-volume validation
     def _is_full_validation_epoch(self) -> bool:
@@ -137,14 +215,18 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
             folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage,
         )
         predictor = self.validation_predictor()
+        threshold = self.settings.lesion_prior_threshold
         results = {}
         try:
             for key in val_keys:
                 data, seg, _, _ = dataset.load_case(key)
                 logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.asarray(data[:])))
-                results[key] = ValidationCase(
-                    logits.argmax(0).cpu().numpy(), predictor.last_class_probabilities, np.asarray(seg[:])[0]
-                )
+                probabilities = self.label_manager.apply_inference_nonlin(logits)
+                labels = self.label_manager.convert_probabilities_to_segmentation(probabilities).cpu().numpy()
+                if threshold is not None:  # as the exported predictions get it
+                    lesion = probabilities[lesion_output_channel(self.label_manager)].float().cpu().numpy()
+                    labels = apply_lesion_presence_prior(labels, lesion, relative_threshold=threshold).labels
+                results[key] = ValidationCase(labels, predictor.last_class_probabilities, np.asarray(seg[:])[0])
         finally:
             self.set_deep_supervision_enabled(self.enable_deep_supervision)
             net.train(was_training)
@@ -217,12 +299,11 @@ class nnUNetTrainerPancreasMultiTask(nnUNetTrainerPancreasSeg):
         self, plans: dict, configuration: str, fold: int, dataset_json: dict, device: torch.device = torch.device("cuda")
     ):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        # AdamW's decoupled weight decay (nnU-Net logs self.weight_decay; configure_optimizers uses it).
-        self.weight_decay = 1e-4
 
     def _extra_log_keys(self) -> list[str]:
         return super()._extra_log_keys() + [
-            FULL_VALIDATION_LOG_KEYS["macro_f1"], "train_seg_loss", "train_cls_loss", "cls_loss_weight"
+            FULL_VALIDATION_LOG_KEYS["macro_f1"], "train_seg_loss", "train_cls_loss", "cls_loss_weight",
+            "train_subtype_patch_share",
         ]
 
     @classmethod
@@ -249,11 +330,12 @@ class nnUNetTrainerPancreasMultiTask(nnUNetTrainerPancreasSeg):
         if missing:
             raise RuntimeError(f"no subtype in {s.case_table} for: {', '.join(missing[:10])}")
         weight = class_weights_from_counts([self.case_subtypes[k] for k in train_keys]) if s.class_weighting else None
-        if s.classification_loss == "focal":
-            self.classification_loss = FocalLoss(s.focal_gamma, weight).to(self.device)
-        else:
-            self.classification_loss = nn.CrossEntropyLoss(weight=weight).to(self.device)
-        self.print_to_log_file(f"classification loss {s.classification_loss}, class weights {weight}")
+        gamma = s.focal_gamma if s.classification_loss == "focal" else 0.0
+        self.classification_loss = SubtypeLoss(gamma, weight).to(self.device)
+        self.print_to_log_file(
+            f"classification loss {s.classification_loss} (gamma {gamma}), class weights {weight}, only on patches "
+            f"with >= {s.min_lesion_voxels_for_subtype} lesion voxels"
+        )
         self.load_stage1_weights()
 
     def load_stage1_weights(self) -> dict:
@@ -307,13 +389,16 @@ class nnUNetTrainerPancreasMultiTask(nnUNetTrainerPancreasSeg):
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) else \
             target.to(self.device, non_blocking=True)
         subtypes = torch.as_tensor([self.case_subtypes[k] for k in batch["keys"]], device=self.device)
+        # A patch that misses the lesion carries no evidence of its case's subtype: it gets no class loss.
+        lesion_voxels = lesion_voxels_per_sample(target, self.label_manager)
+        carries_subtype = lesion_voxels >= self.settings.min_lesion_voxels_for_subtype
         cls_weight = self.classification_loss_weight()
 
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             seg, logits = self.network(data, return_class_logits=True)
             seg_loss = self.loss(seg, target)
-            cls_loss = self.classification_loss(logits.float(), subtypes)
+            cls_loss = self.classification_loss(logits.float(), subtypes, carries_subtype)
             loss = seg_loss + cls_weight * cls_loss
 
         if self.grad_scaler is not None:
@@ -330,6 +415,8 @@ class nnUNetTrainerPancreasMultiTask(nnUNetTrainerPancreasSeg):
             "loss": loss.detach().cpu().numpy(),
             "seg_loss": seg_loss.detach().cpu().numpy(),
             "cls_loss": cls_loss.detach().cpu().numpy(),
+            "subtype_patch_share": carries_subtype.float().mean().item(),
+            **self._lesion_patch_outputs(lesion_voxels),
         }
 
     def on_train_epoch_end(self, train_outputs: list[dict]):
@@ -337,6 +424,10 @@ class nnUNetTrainerPancreasMultiTask(nnUNetTrainerPancreasSeg):
         self.logger.log("train_seg_loss", float(np.mean([o["seg_loss"] for o in train_outputs])), self.current_epoch)
         self.logger.log("train_cls_loss", float(np.mean([o["cls_loss"] for o in train_outputs])), self.current_epoch)
         self.logger.log("cls_loss_weight", self.classification_loss_weight(), self.current_epoch)
+        self.logger.log(
+            "train_subtype_patch_share", float(np.mean([o["subtype_patch_share"] for o in train_outputs])),
+            self.current_epoch,
+        )
 
 
 class nnUNetTrainerPancreasMultiTaskGlobalPool(nnUNetTrainerPancreasMultiTask):
