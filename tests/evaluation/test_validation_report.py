@@ -7,6 +7,7 @@ import runpy
 from pathlib import Path
 from types import SimpleNamespace
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -46,11 +47,13 @@ def _fixture(tmp_path) -> SimpleNamespace:
     write_labels(preds / "quiz_099.nii.gz", np.zeros(shape), affine)  # a test-case prediction is ignored
     (tmp_path / "case_table.csv").write_text("\n".join(rows) + "\n")
     (preds / "class_probabilities.csv").write_text("\n".join(probs) + "\n")
+    (tmp_path / "splits_final.json").write_text('[{"train": ["quiz_0_015"], "val": []}]')
     return SimpleNamespace(
         input=SimpleNamespace(predictions=str(preds), case_table=str(tmp_path / "case_table.csv"),
-                              raw_dataset=str(raw)),
+                              raw_dataset=str(raw), splits=str(tmp_path / "splits_final.json")),
         output=SimpleNamespace(summary=str(tmp_path / "results" / "metrics" / "summary.json")),
-        params=SimpleNamespace(nsd_tolerance_mm=2.0, extra={"checkpoint": "checkpoint_final.pth", "folds": [0]}),
+        params=SimpleNamespace(nsd_tolerance_mm=2.0, extra={"checkpoint": "checkpoint_final.pth", "folds": [0]},
+                               folds=[0]),
         log=[str(tmp_path / "logs" / "evaluate.log")],
         threads=1,
     )
@@ -113,6 +116,7 @@ def test_script_writes_metrics(tmp_path):
     summary = strict_load(smk.output.summary)
     assert summary["lesion_dice_mean"] == pytest.approx(2 / 3)
     assert summary["checkpoint"] == "checkpoint_final.pth" and summary["nsd_tolerance_mm"] == 2.0
+    assert summary["checkpoint_selection_cases"] == {"0": []}
     assert "ignoring 1 prediction(s) of non-validation cases: quiz_099.nii.gz" in Path(smk.log[0]).read_text()
 
 
@@ -125,3 +129,33 @@ def test_script_fails_with_clear_message_on_missing_prediction(tmp_path):
     log_text = Path(smk.log[0]).read_text()
     assert "quiz_1_011" in log_text and "Traceback" not in log_text
     assert not Path(smk.output.summary).exists()
+
+
+def test_metrics_with_and_without_the_lesion_prior_side_by_side(tmp_path):
+    """The case the prior changed is scored on its mask from before the prior for the 'without' column."""
+    from pancreas_mtl.inference.lesion_prior import (
+        WITHOUT_PRIOR_FOLDER,
+        write_prior_record,
+    )
+
+    smk = _fixture(tmp_path)
+    preds, case = Path(smk.input.predictions), "quiz_2_012"  # its lesion was missed
+    before = preds / WITHOUT_PRIOR_FOLDER / f"{case}.nii.gz"
+    before.parent.mkdir()
+    (preds / f"{case}.nii.gz").rename(before)
+    labels = nib.load(before)
+    after = np.asarray(labels.dataobj).copy()
+    after[6:9, 6:9, 3:5] = 2  # the prior found the whole lesion
+    write_labels(preds / f"{case}.nii.gz", after, labels.affine)
+    write_prior_record(preds, 0.5, {case: {"added_voxels": 18, "peak_probability": 0.4}})
+
+    summary = _evaluate(smk)
+    assert summary["lesion_dice_mean"] == pytest.approx(1.0)
+    assert summary["lesion_dice_mean_without_prior"] == pytest.approx(2 / 3)
+    assert summary["lesion_prior"] == {"enabled": True, "relative_threshold": 0.5, "n_changed": 1,
+                                       "changed_cases": [case]}
+    effect = pd.read_csv(Path(smk.output.summary).parent / "lesion_prior_effect.csv")
+    lesion = effect[(effect["region"] == "lesion") & (effect["metric"] == "dice")].iloc[0]
+    assert lesion["with_prior"] == pytest.approx(1.0) and lesion["without_prior"] == pytest.approx(2 / 3, abs=1e-4)
+    whole = effect[(effect["region"] == "whole") & (effect["metric"] == "dice")].iloc[0]
+    assert whole["change"] == 0  # the prior relabels inside the pancreas here: the whole region is unchanged

@@ -21,6 +21,7 @@ rule predict_split:
         folds=FOLDS,
         checkpoint=INFERENCE_CHECKPOINT,
         inference=config["inference"],
+        postprocessing=config["postprocessing"],
     script:
         "../scripts/predict_split.py"
 

@@ -1,6 +1,11 @@
 from pancreas_mtl.data.case_table import split_images
 from pancreas_mtl.data.class_probabilities import write_class_probabilities
-from pancreas_mtl.inference.run import InferenceSettings, build_predictor, predict_images
+from pancreas_mtl.inference.run import (
+    InferenceSettings,
+    build_predictor,
+    lesion_prior_threshold,
+    predict_images,
+)
 from pancreas_mtl.script_logging import run_logged
 
 
@@ -10,7 +15,8 @@ def main():
     settings = InferenceSettings.from_config(params.inference)
     predictor = build_predictor(params.model_folder, params.folds, params.checkpoint, settings)
     try:
-        probabilities = predict_images(predictor, images, snakemake.output.predictions, settings)
+        probabilities = predict_images(predictor, images, snakemake.output.predictions, settings,
+                                       lesion_prior_threshold(params.postprocessing))
     finally:
         predictor.close()
     write_class_probabilities(snakemake.output.predictions, probabilities)

@@ -6,6 +6,9 @@
   reference_voxels, predicted_voxels); undefined values are empty cells;
 * ``segmentation_summary.json`` -- ``{region: {metric: {mean, std, median, n, n_undefined}}}``;
 * ``classification.json`` -- :func:`~pancreas_mtl.evaluation.classification.classification_metrics`;
+* ``lesion_prior_effect.csv`` -- (:func:`write_prior_effect`) region, metric, mean with and without the
+  lesion-presence prior and their difference, beside the ``{prefix}_{metric}_mean_without_prior`` keys of
+  ``summary.json``;
 * ``summary.json`` -- a flat dict of the headline numbers (written last), merged with ``extra``.
 
 ``summary.json`` keys: ``{prefix}_{metric}_{stat}`` for prefix ``whole_pancreas`` (region "whole") and
@@ -33,6 +36,8 @@ SEGMENTATION_PER_CASE_FILE = "segmentation_per_case.csv"
 SEGMENTATION_SUMMARY_FILE = "segmentation_summary.json"
 CLASSIFICATION_FILE = "classification.json"
 SUMMARY_FILE = "summary.json"
+PRIOR_EFFECT_FILE = "lesion_prior_effect.csv"
+PRIOR_EFFECT_METRICS = ("dice", "nsd")
 REGION_PREFIX = {"whole": "whole_pancreas", "lesion": "lesion"}
 SUMMARY_STATS = ("mean", "std", "median", "n_undefined")
 CLASSIFICATION_KEYS = ("macro_f1", "balanced_accuracy", "accuracy", "brier_score", "ece")
@@ -114,6 +119,28 @@ def write_metrics(out_dir: Path, seg_table: pd.DataFrame, seg_summary: dict, cls
     write_json(out_dir / CLASSIFICATION_FILE, cls)
     write_json(out_dir / SUMMARY_FILE, summary)
     return summary
+
+
+def prior_effect(with_prior: dict, without_prior: dict) -> tuple[pd.DataFrame, dict]:
+    """The mean Dice and NSD of each region with and without the lesion-presence prior: a table, and the
+    ``{prefix}_{metric}_mean_without_prior`` keys for ``summary.json``."""
+    rows, keys = [], {}
+    for region, prefix in REGION_PREFIX.items():
+        for metric in PRIOR_EFFECT_METRICS:
+            with_value = with_prior.get(region, {}).get(metric, {}).get("mean", float("nan"))
+            without_value = without_prior.get(region, {}).get(metric, {}).get("mean", float("nan"))
+            rows.append({"region": region, "metric": metric, "with_prior": with_value,
+                         "without_prior": without_value, "change": with_value - without_value})
+            keys[f"{prefix}_{metric}_mean_without_prior"] = without_value
+    return pd.DataFrame(rows), keys
+
+
+def write_prior_effect(out_dir: Path, table: pd.DataFrame) -> Path:
+    path = Path(out_dir) / PRIOR_EFFECT_FILE
+    tmp = path.with_name(f".{path.name}.partial")
+    table.to_csv(tmp, index=False, na_rep="", float_format="%.4f")
+    os.replace(tmp, path)
+    return path
 
 
 def read_segmentation_per_case(path: str | Path) -> pd.DataFrame:

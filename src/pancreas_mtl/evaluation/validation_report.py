@@ -29,7 +29,14 @@ from pancreas_mtl.evaluation.segmentation import (
     evaluate_segmentation,
     summarize_segmentation,
 )
-from pancreas_mtl.evaluation.summary import SUMMARY_FILE, write_json, write_metrics
+from pancreas_mtl.evaluation.summary import (
+    SUMMARY_FILE,
+    prior_effect,
+    write_json,
+    write_metrics,
+    write_prior_effect,
+)
+from pancreas_mtl.inference.lesion_prior import WITHOUT_PRIOR_FOLDER, read_prior_record
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +95,43 @@ def evaluate_validation_predictions(predictions_dir: str | Path, case_table: str
     seg_table = evaluate_segmentation(pairs, nsd_tolerance_mm=nsd_tolerance_mm, n_workers=n_workers)
     seg_summary = summarize_segmentation(seg_table)
     cls = _classification(validation, predictions_dir)
+    effect, prior_keys = _lesion_prior_effect(predictions_dir, pairs, seg_table, seg_summary, nsd_tolerance_mm,
+                                              n_workers)
 
-    summary = write_metrics(summary_path.parent, seg_table, seg_summary, cls, dict(extra or {}),
+    summary = write_metrics(summary_path.parent, seg_table, seg_summary, cls, {**prior_keys, **dict(extra or {})},
                             nsd_tolerance_mm=nsd_tolerance_mm)
+    write_prior_effect(summary_path.parent, effect)
     if summary_path.name != SUMMARY_FILE:
         write_json(summary_path, summary)
     log.info("whole pancreas Dice %s, lesion Dice %s, macro-F1 %s over %d validation case(s); results in %s",
              _fmt(summary["whole_pancreas_dice_mean"]), _fmt(summary["lesion_dice_mean"]),
              _fmt(summary["macro_f1"]), len(validation), summary_path.parent)
     return summary
+
+
+def _lesion_prior_effect(predictions_dir: Path, pairs: list, seg_table: pd.DataFrame, seg_summary: dict,
+                         nsd_tolerance_mm: float, n_workers: int) -> tuple[pd.DataFrame, dict]:
+    """The metrics without the lesion-presence prior (the cases it changed scored on their masks as predicted
+    before it), the with/without table, and the summary keys (which cases it changed, the means without it)."""
+    record = read_prior_record(predictions_dir)
+    validation_ids = {case for case, _, _ in pairs}
+    changed = sorted(set(record["changed_cases"]) & validation_ids)
+    without = seg_table
+    if changed:
+        references = {case: reference for case, _, reference in pairs}
+        before = [(c, predictions_dir / WITHOUT_PRIOR_FOLDER / mask_file_name(c), references[c]) for c in changed]
+        rescored = evaluate_segmentation(before, nsd_tolerance_mm=nsd_tolerance_mm, n_workers=n_workers)
+        without = pd.concat([seg_table[~seg_table["case_id"].isin(changed)], rescored], ignore_index=True)
+    table, keys = prior_effect(seg_summary, summarize_segmentation(without))
+    keys["lesion_prior"] = {
+        "enabled": record["enabled"], "relative_threshold": record["relative_threshold"],
+        "n_changed": len(changed), "changed_cases": changed,
+    }
+    if record["enabled"]:
+        log.info("lesion-presence prior changed %d validation case(s): %s; lesion Dice %.4f with, %.4f without",
+                 len(changed), ", ".join(changed) or "none", seg_summary["lesion"]["dice"]["mean"],
+                 keys["lesion_dice_mean_without_prior"])
+    return table, keys
 
 
 def _fmt(value) -> str:

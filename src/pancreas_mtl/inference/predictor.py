@@ -32,11 +32,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from nnunetv2.inference.export_prediction import export_prediction_from_logits
+from nnunetv2.inference.export_prediction import (
+    convert_predicted_logits_to_segmentation_with_correct_shape,
+    export_prediction_from_logits,
+)
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from torch._dynamo import OptimizedModule
 
 from pancreas_mtl.data.labels import LESION_LABEL
+from pancreas_mtl.inference.lesion_prior import (
+    WITHOUT_PRIOR_FOLDER,
+    apply_lesion_presence_prior,
+    lesion_output_channel,
+)
 
 # A tile with no predicted lesion still votes a little, so a case without lesion gets a defined answer.
 MIN_TILE_WEIGHT = 1e-3
@@ -54,6 +62,35 @@ def preprocess_case(image: str, plans_manager, configuration_manager, dataset_js
     preprocessor = configuration_manager.preprocessor_class(verbose=False)
     data, _, properties = preprocessor.run_case([image], None, plans_manager, configuration_manager, dataset_json)
     return np.ascontiguousarray(data, dtype=np.float32), properties
+
+
+def export_case(logits: np.ndarray, properties: dict, configuration_manager, plans_manager, dataset_json: dict,
+                output_file_truncated: str, lesion_prior_threshold: float | None) -> dict:
+    """nnU-Net's export of one case (resampling to the input grid, argmax, writing), run in a worker process,
+    with the lesion-presence prior between the argmax and the writing when ``lesion_prior_threshold`` is set.
+
+    A mask the prior changed is also written as predicted before it, under ``without_lesion_prior/``.
+    Returns the voxels the prior added and the peak lesion probability it started from (0 and nan: unchanged).
+    """
+    if lesion_prior_threshold is None:
+        export_prediction_from_logits(logits, properties, configuration_manager, plans_manager, dataset_json,
+                                      output_file_truncated, False)
+        return {"added_voxels": 0, "peak_probability": float("nan")}
+    label_manager = plans_manager.get_label_manager(dataset_json)
+    segmentation, probabilities = convert_predicted_logits_to_segmentation_with_correct_shape(
+        logits, plans_manager, configuration_manager, label_manager, properties, return_probabilities=True
+    )
+    prior = apply_lesion_presence_prior(
+        segmentation, probabilities[lesion_output_channel(label_manager)], relative_threshold=lesion_prior_threshold
+    )
+    writer = plans_manager.image_reader_writer_class()
+    output = Path(output_file_truncated)
+    if prior.added_voxels:
+        (output.parent / WITHOUT_PRIOR_FOLDER).mkdir(exist_ok=True)
+        writer.write_seg(segmentation, str(output.parent / WITHOUT_PRIOR_FOLDER / output.name) +
+                         dataset_json["file_ending"], properties)
+    writer.write_seg(prior.labels, output_file_truncated + dataset_json["file_ending"], properties)
+    return {"added_voxels": prior.added_voxels, "peak_probability": prior.peak_probability}
 
 
 class MultiTaskPredictor(nnUNetPredictor):
@@ -79,6 +116,7 @@ class MultiTaskPredictor(nnUNetPredictor):
         self.channels_last = channels_last
         self.has_classification_head = False
         self.class_probabilities: dict[str, np.ndarray] = {}
+        self.lesion_prior_changes: dict[str, dict] = {}
         self.last_class_probabilities: np.ndarray | None = None
         self._current_case: str | None = None
         self._tile_class_logits: list[torch.Tensor] = []
@@ -123,11 +161,14 @@ class MultiTaskPredictor(nnUNetPredictor):
         self._pools.clear()
 
     def predict_files(self, images: list[str], output_files_truncated: list[str],
-                      preprocessing_workers: int = 2, export_workers: int = 2) -> None:
+                      preprocessing_workers: int = 2, export_workers: int = 2,
+                      lesion_prior_threshold: float | None = None) -> None:
         """Predict images into ``{output}.nii.gz`` masks; class probabilities go to ``self.class_probabilities``.
 
         Preprocessing runs ahead in resident worker processes, the model computes case after case in this
         process, and each mask is resampled and written by a resident export worker while the next case computes.
+        With ``lesion_prior_threshold`` the export applies the lesion-presence prior (:func:`export_case`); what
+        it changed goes to ``self.lesion_prior_changes`` (case name: voxels added, peak probability).
         """
         preprocess = self._pool("preprocess", preprocessing_workers)
         export = self._pool("export", export_workers)
@@ -142,14 +183,16 @@ class MultiTaskPredictor(nnUNetPredictor):
                 data, properties = job.get()
                 self._current_case = Path(ofile).name
                 logits = self.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu().numpy()
-                exports.append(export.apply_async(export_prediction_from_logits, (
+                exports.append((self._current_case, export.apply_async(export_case, (
                     logits, properties, self.configuration_manager, self.plans_manager, self.dataset_json, ofile,
-                    False)))
+                    lesion_prior_threshold))))
         finally:
             # a later call on bare preprocessed data must not file its probabilities under the last case's name
             self._current_case = None
-        for job in exports:
-            job.get()
+        for case, job in exports:
+            change = job.get()
+            if change["added_voxels"]:
+                self.lesion_prior_changes[case] = change
 
     # ------------------------------------------------------------------ per-case bookkeeping
     def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False, num_processes_segmentation_export: int = 2):

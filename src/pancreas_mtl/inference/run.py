@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pancreas_mtl.inference.lesion_prior import write_prior_record
 from pancreas_mtl.inference.predictor import MultiTaskPredictor
 from pancreas_mtl.nnunet.environment import register_trainers, resolve_device
 
@@ -67,22 +68,36 @@ def build_predictor(
     return predictor
 
 
+def lesion_prior_threshold(postprocessing: dict) -> float | None:
+    """The lesion-presence prior's relative threshold from the config's ``postprocessing`` section (None: off)."""
+    prior = postprocessing["lesion_presence_prior"]
+    return prior["relative_threshold"] if prior["enabled"] else None
+
+
 def predict_images(
-    predictor: MultiTaskPredictor, images: list[Path], output_dir: str | Path, settings: InferenceSettings
+    predictor: MultiTaskPredictor, images: list[Path], output_dir: str | Path, settings: InferenceSettings,
+    lesion_prior_threshold: float | None = None,
 ) -> dict[str, np.ndarray]:
-    """Write ``{case_id}.nii.gz`` per image into output_dir; return the class probabilities per case, in the
-    images' order."""
+    """Write ``{case_id}.nii.gz`` per image into output_dir (with the lesion-presence prior when its threshold is
+    given, recorded in ``lesion_prior.json``); return the class probabilities per case, in the images' order."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     case_ids = [case_id_of_image(image) for image in images]
     predictor.class_probabilities.clear()
+    predictor.lesion_prior_changes.clear()
     start = time.perf_counter()
     predictor.predict_files(
         [str(image) for image in images],
         [str(output_dir / case_id) for case_id in case_ids],
         preprocessing_workers=settings.preprocessing_workers,
         export_workers=settings.export_workers,
+        lesion_prior_threshold=lesion_prior_threshold,
     )
+    write_prior_record(output_dir, lesion_prior_threshold, predictor.lesion_prior_changes)
+    if lesion_prior_threshold is not None:
+        log.info("lesion-presence prior (relative threshold %s) added a lesion to %d of %d case(s): %s",
+                 lesion_prior_threshold, len(predictor.lesion_prior_changes), len(images),
+                 ", ".join(sorted(predictor.lesion_prior_changes)) or "none")
     log.info("predicted %d case(s) in %.1f s", len(images), time.perf_counter() - start)
     missing = [c for c in case_ids if c not in predictor.class_probabilities]
     if missing:
