@@ -196,6 +196,50 @@ def test_trailing_singleton_4d_is_written_as_3d(quiz_builder, tmp_path):
                           paths["raw_dataset_dir"] / "labelsTr" / "quiz_1_061.nii.gz")
 
 
+@pytest.mark.parametrize("n_workers", [1, 2])
+def test_masks_without_lesion_or_pancreas_are_converted_with_a_warning(quiz_builder, tmp_path, caplog,
+                                                                        n_workers):
+    """Real labelled cases hold both labels; a mask lacking one is converted unchanged, with a warning
+    naming the file that reaches the parent's log also when the cases are converted in a process pool."""
+    quiz_builder.standard(n_train=1, n_validation=1, n_test=1)
+    no_lesion = quiz_builder.synthetic_mask((8, 10, 6), np.float32, seed=5)
+    no_lesion[np.rint(no_lesion) == 2] = quiz_builder.PANCREAS_FLOAT  # the lesion painted over as pancreas
+    no_pancreas = quiz_builder.synthetic_mask((8, 10, 6), np.float64, seed=6)
+    no_pancreas[np.rint(no_pancreas) == 1] = 0
+    lesionless = quiz_builder.add_case("train", 1, number=40, mask_data=no_lesion)
+    pancreasless = quiz_builder.add_case("validation", 2, number=41, mask_data=no_pancreas)
+    caplog.set_level(logging.INFO, logger="pancreas_mtl")
+    summary, paths = convert(quiz_builder.root, tmp_path, n_workers=n_workers)
+
+    warnings = [r.getMessage() for r in caplog.records
+                if r.name == "pancreas_mtl.data.conversion" and r.levelno == logging.WARNING]
+    assert [w for w in warnings if str(lesionless.mask) in w and "no lesion (label 2)" in w]
+    assert [w for w in warnings if str(pancreasless.mask) in w and "no pancreas (label 1)" in w]
+    assert f"1 labelled mask(s) lack a lesion (label 2): {lesionless.mask}" in warnings
+    assert f"1 labelled mask(s) lack a pancreas (label 1): {pancreasless.mask}" in warnings
+    assert not [w for w in warnings if "quiz_0_" in w]  # the complete masks are not reported
+    assert len(warnings) == 4
+
+    # converted as any other case: same counts, splits and table, labels are the rounded masks
+    assert summary["cases"] == {"train": 4, "validation": 4, "test": 1}
+    splits = json.loads(paths["splits_json"].read_text())
+    assert "quiz_1_040" in splits[0]["train"] and "quiz_2_041" in splits[0]["val"]
+    for case, expected in ((lesionless, {0, 1}), (pancreasless, {0, 2})):
+        lab = nib.load(str(paths["raw_dataset_dir"] / "labelsTr" / f"{case.case_id}.nii.gz"))
+        data = np.asanyarray(lab.dataobj)
+        assert lab.get_data_dtype() == np.uint8 and set(np.unique(data).tolist()) == expected
+        np.testing.assert_array_equal(data, np.rint(case.mask_data).astype(np.uint8))
+        assert np.array_equal(lab.affine, nib.load(str(case.image)).affine)
+        image_out = paths["raw_dataset_dir"] / "imagesTr" / f"{case.case_id}_0000.nii.gz"
+        assert image_out.read_bytes() == case.image.read_bytes()
+
+
+def test_complete_masks_give_no_missing_label_warning(quiz_dir, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="pancreas_mtl")
+    convert(quiz_dir, tmp_path, n_workers=2)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "label" in r.getMessage()]
+
+
 # -- parallel, logging, read-only input ----------------------------------------------------------------------
 
 def test_process_pool_gives_the_same_dataset(quiz_dir, tmp_path, tree_digest, caplog):
@@ -314,7 +358,7 @@ def _run_script(quiz_dir: Path, tmp_path: Path, threads: int = 1) -> Path:
     log_file = tmp_path / "logs" / "convert.log"
     smk = SimpleNamespace(
         params=SimpleNamespace(quiz_dir=str(quiz_dir), allow_partial=False, split_scheme="official", k=5,
-                               kfold_seed=12345),
+                               split_seed=12345, selection_fraction=0.15),
         wildcards=SimpleNamespace(dataset=NAME),
         output=SimpleNamespace(raw_dataset=str(paths["raw_dataset_dir"]), splits=str(paths["splits_json"]),
                                case_table=str(paths["case_table_csv"])),
@@ -401,3 +445,23 @@ def test_kfold_splits_hold_out_the_official_validation_and_cover_training_once(q
     assert make_splits(cases, "kfold", k=2, seed=12345) == folds  # seeded
     with pytest.raises(UserInputError, match="2 <= k"):
         make_splits(cases, "kfold", k=len(train) + 1, seed=12345)
+
+
+def test_official_split_holds_out_stratified_selection_cases_and_never_the_validation(quiz_builder):
+    """Defect: fold 0 validated (selected checkpoints) on the official validation cases that are reported."""
+    from pancreas_mtl.data.quiz_layout import discover_quiz_cases
+
+    quiz_dir = quiz_builder.standard(n_train=4, n_validation=1, n_test=1)
+    cases, problems = discover_quiz_cases(quiz_dir)
+    assert not problems
+    train = sorted(c.case_id for c in cases if c.split == "train")
+    official_val = {c.case_id for c in cases if c.split == "validation"}
+    (fold,) = make_splits(cases, "official", seed=12345, selection_fraction=0.25)
+    assert sorted(fold["train"] + fold["val"]) == train
+    assert not set(fold["val"]) & official_val and not set(fold["train"]) & official_val
+    # one of each subtype's four training cases (round(0.25 * 4)), seeded
+    assert sorted(int(c.split("_")[1]) for c in fold["val"]) == [0, 1, 2]
+    assert make_splits(cases, "official", seed=12345, selection_fraction=0.25) == [fold]
+    assert make_splits(cases, "official", seed=1, selection_fraction=0.5)[0]["val"] != fold["val"]
+    with pytest.raises(ValueError, match="split_seed"):
+        make_splits(cases, "official", selection_fraction=0.25)

@@ -18,7 +18,8 @@ def main():
         allow_partial=snakemake.params.allow_partial,  # noqa: F821
         split_scheme=snakemake.params.split_scheme,  # noqa: F821
         k=snakemake.params.k,  # noqa: F821
-        kfold_seed=snakemake.params.kfold_seed,  # noqa: F821
+        split_seed=snakemake.params.split_seed,  # noqa: F821
+        selection_fraction=snakemake.params.selection_fraction,  # noqa: F821
     )
 
 

@@ -14,7 +14,15 @@ validator accepts as 3D: it is copied with only the header's dim field rewritten
 Labels are the masks rounded to uint8 and written with a copy of the image's header (same shape,
 affine, qform/sform and codes), so nnU-Net, nibabel and SimpleITK see identical grids.
 
-Validation cases go to imagesTr so that they can be the validation set of fold 0. The quiz folder is
+Every real labelled case holds both pancreas (1) and lesion (2), and the lesion-presence prior
+downstream relies on it. A labelled mask that lacks either label is still converted unchanged, but
+each one is logged as a WARNING naming the mask file and the missing label, and the count is logged
+again at the end of the conversion (the check runs in the worker that reads the mask; the worker
+returns what it found and the parent process logs it, so it also reaches the log with a process pool).
+
+Validation cases go to imagesTr with the training cases (nnU-Net plans and preprocesses them once), but the
+workflow's splits never put them in a fold (:func:`make_splits`): they are only predicted for the final
+metrics. The quiz folder is
 validated completely first (:func:`~pancreas_mtl.data.validation.validate_quiz_folder`); nothing is
 written when it has any problem. The dataset is built in a temporary sibling folder and renamed into
 place at the end, so an interrupted run never leaves a half dataset behind.
@@ -31,13 +39,14 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from pancreas_mtl.data.case_table import write_case_table
-from pancreas_mtl.data.labels import LABELS, SUBTYPES
+from pancreas_mtl.data.labels import LABELS, LESION_LABEL, PANCREAS_LABEL, SUBTYPES
 from pancreas_mtl.data.quiz_layout import (
     LABELLED_SPLITS,
     QuizCase,
@@ -75,26 +84,34 @@ def dataset_json(cases: list[QuizCase], dataset_name: str = DEFAULT_DATASET_NAME
     }
 
 
-def make_splits(cases: list[QuizCase], scheme: str = "official", k: int = 5, seed: int | None = None) -> list[dict[str, list[str]]]:
+def make_splits(cases: list[QuizCase], scheme: str = "official", k: int = 5, seed: int | None = None,
+                selection_fraction: float | None = None) -> list[dict[str, list[str]]]:
     """nnU-Net ``splits_final.json`` content for the labelled cases.
 
-    ``"official"``: one fold, ``[{"train": train case ids, "val": validation case ids}]`` (sorted), so
-    fold 0 is exactly the official split. ``"kfold"``: ``k`` folds over the training cases only,
-    stratified by subtype and seeded; each fold validates on its held-out training cases, and the official
-    validation cases stay out of every fold (they are kept for the final evaluation). Test cases are never
-    part of a split.
+    ``"official"``: one fold. With ``selection_fraction`` (the workflow always passes one), a seeded,
+    subtype-stratified share of the training cases (:func:`selection_cases`) is fold 0's ``val``: they select
+    the checkpoints and are not trained on; ``train`` is the other training cases. Without it, ``val`` is the
+    official validation cases (nnU-Net's usual set-up, which selects checkpoints on the reported cases).
+    ``"kfold"``: ``k`` folds over the training cases only, stratified by subtype and seeded; each fold
+    validates (selects) on its held-out training cases. Either way the official validation cases of the
+    workflow stay out of every fold: they are kept for the final metrics. Test cases are never in a split.
     """
+    train = sorted((c for c in cases if c.split == "train"), key=lambda c: c.case_id)
     if scheme == "official":
-        return [{
-            "train": sorted(c.case_id for c in cases if c.split == "train"),
-            "val": sorted(c.case_id for c in cases if c.split == "validation"),
-        }]
+        if selection_fraction is None:
+            return [{
+                "train": [c.case_id for c in train],
+                "val": sorted(c.case_id for c in cases if c.split == "validation"),
+            }]
+        if seed is None:
+            raise ValueError("held-out selection cases need a seed (the config's training.split_seed)")
+        selected = selection_cases(train, selection_fraction, seed)
+        return [{"train": [c.case_id for c in train if c.case_id not in selected], "val": sorted(selected)}]
     if scheme == "kfold":
-        train = sorted((c for c in cases if c.split == "train"), key=lambda c: c.case_id)
         if k < 2 or k > len(train):
             raise UserInputError(f"k-fold cross-validation needs 2 <= k <= {len(train)} training cases (k={k})")
         if seed is None:
-            raise ValueError("k-fold splits need a seed (the config's training.kfold_seed)")
+            raise ValueError("k-fold splits need a seed (the config's training.split_seed)")
         rng = np.random.default_rng(seed)
         fold_of: dict[str, int] = {}
         offset = 0
@@ -108,6 +125,31 @@ def make_splits(cases: list[QuizCase], scheme: str = "official", k: int = 5, see
             "val": sorted(c for c, f in fold_of.items() if f == fold),
         } for fold in range(k)]
     raise UserInputError(f"unknown split scheme {scheme!r}; known schemes: {', '.join(SPLIT_SCHEMES)}")
+
+
+def selection_cases(train: list[QuizCase], fraction: float, seed: int) -> set[str]:
+    """A seeded ``fraction`` of each subtype's training cases, rounded, at least one of a subtype with two or
+    more cases (a subtype with a single case keeps it for training)."""
+    if not 0 < fraction <= 0.5:
+        raise UserInputError(f"selection_fraction must be in (0, 0.5], got {fraction}")
+    rng = np.random.default_rng(seed)
+    selected: set[str] = set()
+    for subtype in sorted({c.subtype for c in train}):
+        ids = sorted(c.case_id for c in train if c.subtype == subtype)
+        n = max(1, round(fraction * len(ids))) if len(ids) >= 2 else 0
+        selected.update(ids[i] for i in rng.permutation(len(ids))[:n])
+    if not selected and train:
+        log.warning("no training subtype has two cases: no cases are held out to select checkpoints")
+    return selected
+
+
+def read_selection_cases(splits_json: str | Path, folds: list[int]) -> dict[str, list[str]]:
+    """The cases that select each fold's checkpoints (its ``val`` list), by fold number as text."""
+    splits = json.loads(Path(splits_json).read_text())
+    missing = [f for f in folds if f >= len(splits)]
+    if missing:
+        raise UserInputError(f"{splits_json}: no fold(s) {missing} (it has {len(splits)})")
+    return {str(f): list(splits[f]["val"]) for f in folds}
 
 
 def case_table_rows(cases: list[QuizCase]) -> list[dict[str, str]]:
@@ -163,8 +205,30 @@ def label_image(mask_data: np.ndarray, image) -> nib.Nifti1Image:
     return out
 
 
-def _convert_case(case: QuizCase, out_dir: Path) -> str:
-    """Write one case into the (temporary) raw dataset folder; return its case id."""
+#: What :func:`_convert_case` reports for a labelled mask lacking a label: ``(label, description)``.
+_EXPECTED_LABELS = ((LESION_LABEL, "no lesion (label 2)"), (PANCREAS_LABEL, "no pancreas (label 1)"))
+
+
+@dataclass(frozen=True)
+class _Converted:
+    """What converting one case found: its id, and for a labelled case the expected labels it lacks."""
+
+    case_id: str
+    mask: Path | None = None
+    missing: tuple[str, ...] = ()
+
+
+def _missing_labels(labels: np.ndarray) -> tuple[str, ...]:
+    """Descriptions of the expected labels (lesion, pancreas) absent from a rounded label array."""
+    return tuple(text for value, text in _EXPECTED_LABELS if not np.any(labels == value))
+
+
+def _convert_case(case: QuizCase, out_dir: Path) -> _Converted:
+    """Write one case into the (temporary) raw dataset folder; return its id and what its mask lacks.
+
+    Runs in a worker process when the conversion is parallel, so it logs nothing itself: the parent
+    logs the findings (:func:`_log_missing_labels`).
+    """
     images_dir = out_dir / ("imagesTs" if case.split == "test" else "imagesTr")
     image_out = images_dir / image_file_name(case.case_id)
     image = nib.load(str(case.image))
@@ -176,8 +240,19 @@ def _convert_case(case: QuizCase, out_dir: Path) -> str:
     if case.mask is not None:
         mask = nib.load(str(case.mask))
         mask_data = np.asanyarray(mask.dataobj).reshape(spatial_shape(mask.shape))
-        nib.save(label_image(mask_data, image), str(out_dir / "labelsTr" / mask_file_name(case.case_id)))
-    return case.case_id
+        label = label_image(mask_data, image)
+        nib.save(label, str(out_dir / "labelsTr" / mask_file_name(case.case_id)))
+        return _Converted(case.case_id, Path(case.mask), _missing_labels(np.asanyarray(label.dataobj)))
+    return _Converted(case.case_id)
+
+
+def _log_missing_labels(found: list[_Converted]) -> None:
+    """Warn once more, with the count, about the labelled masks that lack the lesion or the pancreas."""
+    for _, text in _EXPECTED_LABELS:
+        masks = [str(c.mask) for c in found if text in c.missing]
+        if masks:
+            what = text.replace("no ", "", 1)
+            log.warning("%d labelled mask(s) lack a %s: %s", len(masks), what, ", ".join(masks))
 
 
 # -- output handling --------------------------------------------------------------------------------
@@ -258,7 +333,8 @@ def convert_quiz_to_nnunet(
     allow_partial: bool = False,
     split_scheme: str = "official",
     k: int = 5,
-    kfold_seed: int | None = None,
+    split_seed: int | None = None,
+    selection_fraction: float | None = None,
 ) -> dict:
     """Validate the quiz folder and convert it to an nnU-Net v2 raw dataset (see the module docstring).
 
@@ -266,7 +342,8 @@ def convert_quiz_to_nnunet(
     :class:`~pancreas_mtl.errors.UserInputError` for unusable output paths; in both cases nothing is
     written. A previous conversion at ``raw_dataset_dir`` is replaced; any other existing folder is not.
     ``allow_partial`` converts a quiz folder that has only some split/subtype folders (the real-scale
-    benchmark plans from such a sample).
+    benchmark plans from such a sample). ``split_scheme``, ``k``, ``split_seed`` and ``selection_fraction`` go
+    to :func:`make_splits`.
 
     Returns a summary: ``{"dataset_name", "raw_dataset_dir", "cases": {split: n},
     "subtypes": {split: {"0": n, "1": n, "2": n}}, "seconds"}``.
@@ -296,14 +373,20 @@ def convert_quiz_to_nnunet(
         n = len(cases)
         log.info("converting %d case(s) from %s into %s with %d worker(s)", n, quiz_dir, raw_dir, max(1, n_workers))
         step = max(1, n // 10)
-        for i, case_id in enumerate(map_cases(_convert_case, cases, n_workers, tmp_dir), start=1):
+        lacking: list[_Converted] = []
+        for i, done in enumerate(map_cases(_convert_case, cases, n_workers, tmp_dir), start=1):
+            if done.missing:
+                lacking.append(done)
+                log.warning("%s: labelled mask has %s; converted unchanged, but every real labelled case "
+                            "holds both pancreas and lesion", done.mask, " and ".join(done.missing))
             if i % step == 0 or i == n:
-                log.info("converted %d/%d case(s) (last: %s)", i, n, case_id)
+                log.info("converted %d/%d case(s) (last: %s)", i, n, done.case_id)
+        _log_missing_labels(lacking)
         _write_json(tmp_dir / "dataset.json", dataset_json(cases, dataset_name))
 
         splits_tmp, table_tmp = _partial_file(splits_json), _partial_file(case_table_csv)
         tmp_files += [splits_tmp, table_tmp]
-        _write_json(splits_tmp, make_splits(cases, split_scheme, k, kfold_seed))
+        _write_json(splits_tmp, make_splits(cases, split_scheme, k, split_seed, selection_fraction))
         write_case_table(table_tmp, case_table_rows(cases))
 
         _replace_dir(tmp_dir, raw_dir)
