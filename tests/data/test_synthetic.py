@@ -17,7 +17,12 @@ from scipy import ndimage
 
 from pancreas_mtl.data.synthetic import (
     DEFAULT_COUNTS,
+    HARD_MIN_LESION_VOXELS,
+    HARD_SHARE_MEDIAN,
+    HARD_SHARE_Q10,
+    HARD_SHARE_Q90,
     PANCREAS_QUIRK_VALUE,
+    SyntheticQuizError,
     make_synthetic_quiz,
     normalize_counts,
     resolve_subtype,
@@ -89,7 +94,7 @@ def test_default_counts_keep_the_real_class_ratios():
     for split, real_counts in real.items():
         ours = np.asarray(DEFAULT_COUNTS[split], float)
         assert np.allclose(ours / ours.sum(), np.asarray(real_counts) / sum(real_counts), atol=0.03)
-    assert normalize_counts(None) == {"train": (10, 17, 13), "validation": (4, 6, 5), "test": 12}
+    assert normalize_counts(None) == {"train": (12, 20, 16), "validation": (4, 6, 5), "test": 12}
     # Snakemake hands lists over from the YAML config
     assert normalize_counts({"train": [1, 2, 3], "validation": [0, 0, 1], "test": 4})["train"] == (1, 2, 3)
 
@@ -276,6 +281,97 @@ def test_subtypes_are_separable_by_lesion_appearance():
     assert np.ptp(means[1]) > 3 and np.ptp(means[2]) > 3  # per-case variation, not one constant
 
 
+# --------------------------------------------------------------------------- the hard preset
+
+N_HARD = 30  # 10 cases per subtype
+
+
+@pytest.fixture(scope="module")
+def hard_cases():
+    """``N_HARD`` labelled cases of the hard preset, in memory: (subtype, lesion share, labels, image)."""
+    cases = []
+    for n in range(N_HARD):
+        s = n % 3
+        image, mask = synthesize_case(f"quiz_{s}_{n:03d}", s, 0, preset="hard")
+        labels = _labels(np.asarray(mask.dataobj))
+        n_lesion, n_pancreas = int((labels == 2).sum()), int((labels == 1).sum())
+        cases.append((s, n_lesion / (n_lesion + n_pancreas), labels, np.asarray(image.dataobj).astype(float)))
+    return cases
+
+
+def test_hard_preset_lesion_shares_span_the_real_range(hard_cases):
+    """Lesion / (pancreas + lesion) as in the real data: median ~10 %, 10th-90th percentile ~1.3-43 %.
+
+    The bands are wide enough for the sampling error of 30 cases (a 99 % band for the median of a
+    log-normal with the real quantiles is about 4-20 %), not fitted to this seed's values.
+    """
+    shares = np.array([share for _, share, _, _ in hard_cases])
+    q10, median, q90 = np.percentile(shares, [10, 50, 90])
+    assert 0.35 * HARD_SHARE_MEDIAN < median < 2.0 * HARD_SHARE_MEDIAN
+    assert q10 < 3 * HARD_SHARE_Q10  # small lesions, a few % of the labelled region
+    assert q90 > 0.6 * HARD_SHARE_Q90  # and large ones
+    assert shares.min() < 0.02 and shares.max() > 0.3
+    assert shares.max() < 0.8  # the pancreas is always there
+
+
+def test_hard_preset_lesions_are_whole_and_survive_sampling(hard_cases):
+    for _, _, labels, _ in hard_cases:
+        lesion = labels == 2
+        _, n = ndimage.label(lesion, structure=np.ones((3, 3, 3)))
+        assert n == 1
+        assert lesion.sum() >= HARD_MIN_LESION_VOXELS
+        assert set(np.unique(labels).tolist()) == {0, 1, 2}
+        assert not lesion[[0, -1]].any() and not lesion[:, [0, -1]].any() and not lesion[:, :, [0, -1]].any()
+
+
+def test_hard_preset_subtype_cues_overlap(hard_cases):
+    """Unlike the demo preset, no subtype is told from the others by the lesion's density alone, and
+    the subtypes' density ranges overlap pairwise."""
+    means = {s: [image[labels == 2].mean() for t, _, labels, image in hard_cases if t == s] for s in (0, 1, 2)}
+    for s in (0, 1, 2):
+        others = [m for t in (0, 1, 2) if t != s for m in means[t]]
+        assert min(means[s]) < max(others) and max(means[s]) > min(others), s
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        assert max(min(means[a]), min(means[b])) < min(max(means[a]), max(means[b])), (a, b)
+    # still informative on average: the hypodense subtype 0 is darker than the hyperdense subtype 1
+    assert np.median(means[0]) < np.median(means[1])
+
+
+def test_hard_preset_is_deterministic_and_differs_from_demo():
+    a_image, a_mask = synthesize_case("quiz_2_017", 2, 4, preset="hard")
+    b_image, b_mask = synthesize_case("quiz_2_017", 2, 4, preset="hard")
+    assert np.array_equal(np.asarray(a_image.dataobj), np.asarray(b_image.dataobj))
+    assert np.array_equal(np.asarray(a_mask.dataobj), np.asarray(b_mask.dataobj))
+    demo_image, demo_mask = synthesize_case("quiz_2_017", 2, 4)
+    explicit_image, explicit_mask = synthesize_case("quiz_2_017", 2, 4, preset="demo")
+    assert np.array_equal(np.asarray(demo_image.dataobj), np.asarray(explicit_image.dataobj))
+    assert np.array_equal(np.asarray(demo_mask.dataobj), np.asarray(explicit_mask.dataobj))
+    assert demo_image.shape == a_image.shape  # the spacing is drawn first, the same in both presets
+    assert not np.array_equal(np.asarray(demo_mask.dataobj), np.asarray(a_mask.dataobj))
+
+
+def test_make_synthetic_quiz_writes_the_hard_preset(tmp_path, caplog):
+    counts = {"train": (1, 1, 1), "validation": (0, 0, 0), "test": 1}
+    with caplog.at_level(logging.INFO, logger="pancreas_mtl.data.synthetic"):
+        files = make_synthetic_quiz(tmp_path / "quiz", seed=2, counts=counts, preset="hard")
+    assert len(files) == 7
+    assert "preset hard" in caplog.text
+    for path in files:
+        if not path.name.endswith("_0000.nii.gz"):  # a mask: written exactly as synthesize_case makes it
+            case_id = path.name[: -len(".nii.gz")]
+            _, mask = synthesize_case(case_id, int(case_id.split("_")[1]), 2, preset="hard")
+            assert np.array_equal(_load(path)[1], np.asarray(mask.dataobj))
+
+
+@pytest.mark.parametrize("preset", ["extreme", "Hard", "", None, 1])
+def test_a_bad_preset_is_refused(tmp_path, preset):
+    with pytest.raises(SyntheticQuizError, match=r"preset must be one of 'demo', 'hard'"):
+        make_synthetic_quiz(tmp_path / "quiz", counts=SMALL, preset=preset)
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(SyntheticQuizError, match="preset"):
+        synthesize_case("quiz_0_001", 0, 0, preset=preset)
+
+
 # --------------------------------------------------------------------------- refusing and failing safely
 
 
@@ -329,22 +425,34 @@ def test_no_partial_out_dir_when_writing_fails(tmp_path, n_workers):
     assert list(parent.iterdir()) == []  # the temporary sibling is gone too
 
 
-def test_snakemake_script_writes_the_quiz(tmp_path):
+@pytest.mark.parametrize(
+    "config, params, preset",
+    [
+        (None, {}, "demo"),  # no synthetic.preset anywhere: the default
+        ({"synthetic": {"seed": 5, "preset": "hard"}}, {}, "hard"),  # from snakemake.config
+        ({"synthetic": {"preset": "demo"}}, {"preset": "hard"}, "hard"),  # a rule param wins
+    ],
+)
+def test_snakemake_script_writes_the_quiz(tmp_path, config, params, preset):
     """The thin rule script, run as Snakemake would run it (a ``snakemake`` global)."""
     script = REPO / "workflow" / "scripts" / "make_synthetic_quiz.py"
     out, log = tmp_path / "quiz", tmp_path / "logs" / "make.log"
     counts = {"train": [1, 1, 1], "validation": [0, 1, 0], "test": 1}
+    extra = "" if config is None else f"config={config!r},"
     code = f"""
         import runpy, types
         smk = types.SimpleNamespace(
             output=types.SimpleNamespace(quiz_dir={str(out)!r}),
-            params=types.SimpleNamespace(seed=5, counts={json.dumps(counts)}),
+            params=types.SimpleNamespace(seed=5, counts={json.dumps(counts)}, **{params!r}),
             threads=2,
             log=[{str(log)!r}],
+            {extra}
         )
         runpy.run_path({str(script)!r}, init_globals={{"snakemake": smk}})
     """
     result = _run_python(code, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(list(out.rglob("*.nii.gz"))) == 2 * 4 + 1
-    assert "generated 5/5 cases" in log.read_text()
+    text = log.read_text()
+    assert "generated 5/5 cases" in text
+    assert f"seed 5, preset {preset})" in text

@@ -11,6 +11,7 @@ rule make_synthetic_quiz:
     params:
         seed=config["synthetic"]["seed"],
         counts=config["synthetic"]["counts"],
+        preset=config["synthetic"]["preset"],
     script:
         "../scripts/make_synthetic_quiz.py"
 
@@ -41,6 +42,7 @@ rule convert_quiz_to_nnunet:
             else config["training"]["split"]
         ),
         k=config["training"]["k"],
-        kfold_seed=config["training"]["kfold_seed"],
+        split_seed=config["training"]["split_seed"],
+        selection_fraction=config["training"]["selection_fraction"],
     script:
         "../scripts/convert_quiz_to_nnunet.py"

@@ -16,6 +16,32 @@ while the anatomy keeps its physical size:
   - subtype 1: lobulated, hyperdense (170-200 HU) with a speckled high-frequency texture;
   - subtype 2: elongated and irregular, dark core (~50 HU) inside a bright enhancing rim (~200 HU).
 
+These are the cues of the default ``"demo"`` preset: clean, non-overlapping, and lesions large
+relative to the pancreas, so a classifier saturates (macro-F1 1.0) and tells model variants apart
+poorly. The ``"hard"`` preset (``preset="hard"``) keeps the rest of the model as it is (body,
+pancreas, spacing, file quirks, per-case generators; a case's spacing and pancreas are even drawn
+identically, while the draws after the lesion differ) and changes only the lesion:
+
+* size: each case draws a target share lesion / (pancreas + lesion) from a two-piece log-normal
+  through the real data's median 10 % and 10th/90th percentiles 1.3 % / 43 % (clipped to
+  0.4-65 %); the lesion's radius is then fitted (a few secant steps that render the two label
+  masks) until the labels give that share within ~5 %. Floors: the smallest semi-axis is at least
+  max(1.2 mm, slice spacing / 4 + 0.6 mm), the lesion is centred on a slice and keeps at least
+  8 voxels, so that it survives the slice averaging; this lifts the smallest shares of thick-slice
+  cases. A lesion too large for the field of view is shrunk to fit, which trims the largest shares.
+  The pancreas wraps only 50-100 % of the lesion's reach, so large lesions bulge out of it;
+* subtype cues overlap: each cue (shape, density, texture, rim) follows the case's own subtype
+  with probability 0.65 (shape) or 0.75 (the others), otherwise one of the two other subtypes',
+  drawn independently per cue. Per source subtype 0 / 1 / 2 the cues are: shape round ellipsoid /
+  lobulated / elongated and irregular; base density 0-75 / 95-185 / 35-120 HU (overlapping);
+  speckle amplitude 0-10 / 15-40 / 0-10 HU; bright-rim contrast 0-35 / 0-35 / 35-130 HU (rim
+  20-40 % of the thinnest semi-axis, at least 0.8 mm). So no single cue separates the subtypes,
+  and even all four cues read without error allow a macro-F1 of only about 0.89 (Bayes-optimal
+  vote at the real class frequencies), not 1.0.
+
+The hard preset draws its extra numbers from the case's own generator, only on its own code path,
+so the demo preset's files are byte-identical to those written before the presets existed.
+
 Slice thickness is simulated by rendering several sub-slices per voxel in z and averaging them
 (partial volume), then a small in-plane blur and correlated Gaussian noise (10-20 HU) are added.
 
@@ -62,7 +88,7 @@ log = logging.getLogger("pancreas_mtl.data.synthetic")
 
 #: Cases per subtype (0, 1, 2) for train and validation, and the number of test images.
 #: Same class ratios as the real quiz split (train 62/106/84, validation 9/15/12, test 72).
-DEFAULT_COUNTS: dict = {"train": (10, 17, 13), "validation": (4, 6, 5), "test": 12}
+DEFAULT_COUNTS: dict = {"train": (12, 20, 16), "validation": (4, 6, 5), "test": 12}
 
 #: Field of view in mm (x, y, z); at ~0.75 mm in-plane and 3 mm slices this is ~64 x 64 x 32 voxels.
 DEFAULT_FOV_MM: tuple[float, float, float] = (48.0, 48.0, 96.0)
@@ -90,11 +116,41 @@ DISPLAY_FOV_MM = (310, 460)
 SUBSLICE_MM = 1.0
 HU_MIN, HU_MAX = -1024.0, 3071.0
 
+#: The presets: "demo" (clean cues, large lesions) and "hard" (see the module docstring).
+PRESETS = ("demo", "hard")
+
+#: Hard preset: the target share lesion / (pancreas + lesion) of a case is log-normal with a
+#: different spread below and above the median (a two-piece log-normal), so that its median and
+#: 10th/90th percentiles are those of the real data; draws are clipped to HARD_SHARE_RANGE.
+HARD_SHARE_MEDIAN = 0.10
+HARD_SHARE_Q10, HARD_SHARE_Q90 = 0.013, 0.43
+HARD_SHARE_RANGE = (0.004, 0.65)
+#: Hard preset: the smallest semi-axis of a lesion (mm) is at least this, and at least a quarter of
+#: the slice spacing plus 0.6 mm; the lesion is centred on a slice. Together they keep a small lesion
+#: from averaging out below the labels' 0.5 threshold when the slices are thick. This floor lifts
+#: the smallest target shares of thick-slice cases (measured: 0.8-3 % at the least with 5 mm slices,
+#: by shape; about 0.4-1.5 % with 1-3 mm slices).
+HARD_MIN_SEMI_AXIS_MM = 1.2
+#: Hard preset: the probability that a cue (shape, density, texture, rim) follows the case's own
+#: subtype; otherwise it follows one of the other two subtypes, picked at random.
+HARD_TYPICAL_PROB = {"shape": 0.65, "density": 0.75, "texture": 0.75, "rim": 0.75}
+#: Hard preset, per cue source subtype (0, 1, 2): lesion base density (HU, uniform range),
+#: speckle amplitude (HU) and bright-rim contrast (HU). The density ranges overlap.
+HARD_DENSITY_HU = ((0.0, 75.0), (95.0, 185.0), (35.0, 120.0))
+HARD_SPECKLE_HU = ((0.0, 10.0), (15.0, 40.0), (0.0, 10.0))
+HARD_RIM_HU = ((0.0, 35.0), (0.0, 35.0), (35.0, 130.0))
+#: Hard preset: the pancreas swells to wrap only this fraction (uniform range) of the lesion's
+#: reach across it, so large lesions bulge out of it (the demo preset wraps them whole).
+HARD_WRAP = (0.5, 1.0)
+#: Hard preset: a lesion keeps at least this many voxels after sampling.
+HARD_MIN_LESION_VOXELS = 8
+_HARD_SHAPES = ("ellipsoid", "lobes", "irregular")
+
 _CASE_ID = re.compile(r"^quiz_(?:(?P<subtype>\d)_)?(?P<number>\d{3})$")
 
 
 class SyntheticQuizError(UserInputError, ValueError):
-    """Bad arguments for the synthetic quiz (output folder, counts, seed, field of view)."""
+    """Bad arguments for the synthetic quiz (output folder, counts, seed, field of view, preset)."""
 
 
 # --------------------------------------------------------------------------- public API
@@ -106,6 +162,7 @@ def make_synthetic_quiz(
     counts: dict | None = None,
     fov_mm=DEFAULT_FOV_MM,
     n_workers: int = 1,
+    preset: str = "demo",
 ) -> list[Path]:
     """Write the quiz layout under ``out_dir``; return the written files (sorted).
 
@@ -121,23 +178,29 @@ def make_synthetic_quiz(
     sibling folder that is renamed to ``out_dir`` at the end, so an interrupted or failed run never
     leaves a half-written ``out_dir``. Raises :class:`SyntheticQuizError` (a ``ValueError``) if
     ``out_dir`` exists and is not an empty folder, or if an argument is invalid.
+
+    ``preset`` is ``"demo"`` (clean subtype cues, large lesions) or ``"hard"`` (realistic lesion
+    sizes, overlapping subtype cues); see the module docstring.
     """
     out = Path(out_dir)
+    preset = _check_preset(preset)
     seed = _check_seed(seed)
     counts = normalize_counts(counts)
     fov = _check_fov(fov_mm)
     n_workers = _check_workers(n_workers)
     _refuse_existing(out)
 
-    tasks = _plan_cases(seed, counts, fov)
+    tasks = _plan_cases(seed, counts, fov, preset)
     n_workers = max(1, min(n_workers, len(tasks)))
     log.info(
-        "writing %d synthetic cases (train %s, validation %s, test %d; seed %d) to %s with %d worker(s)",
+        "writing %d synthetic cases (train %s, validation %s, test %d; seed %d, preset %s) to %s "
+        "with %d worker(s)",
         len(tasks),
         list(counts["train"]),
         list(counts["validation"]),
         counts["test"],
         seed,
+        preset,
         out,
         n_workers,
     )
@@ -166,6 +229,7 @@ def synthesize_case(
     subtype: int | None,
     seed: int,
     fov_mm=DEFAULT_FOV_MM,
+    preset: str = "demo",
 ) -> tuple[nib.Nifti1Image, nib.Nifti1Image | None]:
     """Build one case: ``(image, mask)`` as NIfTI images in memory (nothing is written).
 
@@ -173,14 +237,16 @@ def synthesize_case(
     derived from ``(seed, case_id)`` alone. ``subtype`` is 0, 1 or 2; ``None`` (test cases) draws a
     hidden subtype from the case's own stream, see :func:`resolve_subtype`. The mask is always
     computed and returned; :func:`make_synthetic_quiz` writes it only for train/validation cases.
+    ``preset`` is ``"demo"`` or ``"hard"`` (see the module docstring).
     """
+    preset = _check_preset(preset)
     seed = _check_seed(seed)
     fov = _check_fov(fov_mm)
     subtype = resolve_subtype(case_id, subtype, seed)
     number = _case_number(case_id)
     rng = np.random.default_rng(np.random.SeedSequence([seed, _case_key(case_id), 0]))
 
-    image_hu, labels, spacing = _render_case(rng, subtype, fov)
+    image_hu, labels, spacing = _render_case(rng, subtype, fov, preset)
 
     # File-level quirks, drawn after the anatomy so they never change it.
     image_dtype = (
@@ -283,9 +349,10 @@ class _Task:
     write_mask: bool
     seed: int
     fov: tuple[float, float, float]
+    preset: str = "demo"
 
 
-def _plan_cases(seed: int, counts: dict, fov) -> list[_Task]:
+def _plan_cases(seed: int, counts: dict, fov, preset: str = "demo") -> list[_Task]:
     """Every case of the dataset, with case numbers drawn without replacement from 000-999."""
     total = sum(counts["train"]) + sum(counts["validation"]) + counts["test"]
     rng = np.random.default_rng(np.random.SeedSequence([seed, _case_key("case numbers")]))
@@ -294,15 +361,17 @@ def _plan_cases(seed: int, counts: dict, fov) -> list[_Task]:
     for split in LABELLED_SPLITS:
         for s, n in zip(SUBTYPES, counts[split]):
             for number in sorted(next(numbers) for _ in range(n)):
-                tasks.append(_Task(f"{split}/subtype{s}", labelled_case_id(s, number), s, True, seed, fov))
+                tasks.append(
+                    _Task(f"{split}/subtype{s}", labelled_case_id(s, number), s, True, seed, fov, preset)
+                )
     for number in sorted(next(numbers) for _ in range(counts["test"])):
-        tasks.append(_Task("test", test_case_id(number), None, False, seed, fov))
+        tasks.append(_Task("test", test_case_id(number), None, False, seed, fov, preset))
     return tasks
 
 
 def _write_case(root: Path, task: _Task) -> list[str]:
     """Synthesize one case and write its files under ``root``; return their relative paths."""
-    image, mask = synthesize_case(task.case_id, task.subtype, task.seed, task.fov)
+    image, mask = synthesize_case(task.case_id, task.subtype, task.seed, task.fov, task.preset)
     written = [f"{task.relative_dir}/{image_file_name(task.case_id)}"]
     nib.save(image, root / written[0])
     if task.write_mask:
@@ -352,6 +421,13 @@ def _check_seed(seed) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SyntheticQuizError(f"seed must be a non-negative integer, got {seed!r}")
     return int(seed)
+
+
+def _check_preset(preset) -> str:
+    if not isinstance(preset, str) or preset not in PRESETS:
+        allowed = ", ".join(repr(p) for p in PRESETS)
+        raise SyntheticQuizError(f"preset must be one of {allowed}, got {preset!r}")
+    return preset
 
 
 def _check_workers(n_workers) -> int:
@@ -618,8 +694,9 @@ def _draw_pancreas(rng: np.random.Generator, fov) -> _Pancreas:
 @dataclass
 class _Lesion:
     centre: np.ndarray
-    perp_extent: float  # how far it reaches from the centre across the pancreas (mm)
-    long_extent: float  # ... and along it
+    perp_extent: float  # how far the pancreas must reach from the centre across it to wrap it (mm)
+    long_extent: float  # how far the lesion reaches along the pancreas (mm)
+    margin: float | None = None  # pancreas beyond perp_extent (mm); None: drawn in _render_case
 
 
 def _draw_lesion_geometry(
@@ -669,29 +746,307 @@ def _draw_lesion_geometry(
     raise RuntimeError("could not place the lesion inside the field of view")  # pragma: no cover
 
 
+# --------------------------------------------------------------------------- the hard preset's lesion
+
+#: 90th percentile of the standard normal distribution.
+_Z90 = 1.2815515655446004
+
+
+@dataclass
+class _Look:
+    """What the hard preset's lesion looks like (HU and mm), and which subtype each cue follows."""
+
+    density: float  # base density
+    speckle: float  # amplitude of the speckle texture
+    rim_contrast: float  # added in a rim along the lesion's edge
+    rim_width: float
+    share: float  # the target share lesion / (pancreas + lesion) the lesion was sized for
+    sources: dict  # cue -> the subtype whose typical look it follows
+
+
+def _cue_source(rng: np.random.Generator, subtype: int, typical_prob: float) -> int:
+    """``subtype`` with probability ``typical_prob``, else one of the other subtypes at random."""
+    if rng.random() < typical_prob:
+        return subtype
+    others = [s for s in SUBTYPES if s != subtype]
+    return int(others[int(rng.integers(len(others)))])
+
+
+def _draw_share(rng: np.random.Generator) -> float:
+    """A target lesion share: two-piece log-normal through the real median and 10th/90th percentiles."""
+    z = float(rng.standard_normal())
+    log_median = np.log(HARD_SHARE_MEDIAN)
+    sigma = (log_median - np.log(HARD_SHARE_Q10) if z < 0 else np.log(HARD_SHARE_Q90) - log_median) / _Z90
+    return float(np.clip(HARD_SHARE_MEDIAN * np.exp(z * sigma), *HARD_SHARE_RANGE))
+
+
+def _union_volume(centres: np.ndarray, radii: np.ndarray, step: float = 0.04) -> float:
+    """Volume of a union of spheres, counted on a lattice (the spheres are about unit size)."""
+    reach = float(np.max(np.linalg.norm(centres, axis=1) + radii))
+    ax = np.arange(-reach, reach + step, step)
+    inside = np.zeros((len(ax),) * 3, dtype=bool)
+    for c, r in zip(centres, radii):
+        d2 = (ax[:, None, None] - c[0]) ** 2 + (ax[None, :, None] - c[1]) ** 2 + (ax[None, None, :] - c[2]) ** 2
+        inside |= d2 <= r * r
+    return float(inside.sum()) * step**3
+
+
+def _hard_unit_shape(rng: np.random.Generator, kind: str, tangent: np.ndarray) -> dict:
+    """A lesion shape of about unit size; every length scales with the radius chosen later.
+
+    ``volume``, ``perp`` (reach across the pancreas), ``long`` (reach along it) and ``thin`` (the
+    smallest semi-axis, less the roughness) are for radius 1.
+    """
+    if kind == "ellipsoid":
+        axes = rng.uniform(0.85, 1.2, 3)
+        return {
+            "kind": kind,
+            "rotation": _random_rotation(rng),
+            "axes": axes,
+            "volume": 4.0 / 3.0 * np.pi * float(np.prod(axes)),
+            "perp": float(axes.max()),
+            "long": float(axes.max()),
+            "thin": float(axes.min()),
+        }
+    if kind == "lobes":
+        n_lobes = int(rng.integers(3, 7))
+        dirs = rng.standard_normal((n_lobes, 3))
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+        offsets = np.vstack([np.zeros(3), dirs * rng.uniform(0.3, 0.5, n_lobes)[:, None]])
+        radii = np.concatenate([[rng.uniform(0.7, 0.85)], rng.uniform(0.5, 0.7, n_lobes)])
+        reach = float(np.max(np.linalg.norm(offsets, axis=1) + radii))
+        return {
+            "kind": kind,
+            "offsets": offsets,
+            "radii": radii,
+            "volume": _union_volume(offsets, radii),
+            "perp": reach,
+            "long": reach,
+            "thin": float(radii[0]),
+        }
+    axes = np.array([rng.uniform(1.4, 2.1), rng.uniform(0.75, 0.95), rng.uniform(0.7, 0.9)])
+    roughness = rng.uniform(0.06, 0.12)
+    return {
+        "kind": "irregular",
+        "rotation": _frame(tangent, rng, 25.0),
+        "axes": axes,
+        "roughness": roughness,
+        "volume": 4.0 / 3.0 * np.pi * float(np.prod(axes)),
+        "perp": float(axes[1:].max() + roughness),
+        "long": float(axes[0] + roughness),
+        "thin": float(axes.min() - 1.5 * roughness),
+    }
+
+
+def _share_guess_radius(
+    share: float, unit: dict, wrap: float, margin: float, panc: _Pancreas, idx: int
+) -> float:
+    """A first guess of the radius at which the lesion takes ``share`` of pancreas + lesion.
+
+    Treats the lesion as lying inside the pancreas, and the swollen pancreas (a union of spheres along
+    its centre line, straightened out) as having cross-section radius ``max_j sqrt(r_j^2 - (s - s_j)^2)``
+    at arclength ``s``; :func:`_fit_hard_lesion` then measures the share on the grid and corrects it.
+    """
+    s = np.linspace(-panc.radii[0] - 20.0, panc.arclength[-1] + panc.radii[-1] + 20.0, 400)
+
+    def share_at(r: float) -> float:
+        bulge = max(0.0, wrap * unit["perp"] * r + margin - panc.radii[idx])
+        width = 0.6 * unit["long"] * r + 1.5
+        radii = panc.radii + bulge * np.exp(-0.5 * ((panc.arclength - panc.arclength[idx]) / width) ** 2)
+        reach2 = radii[None, :] ** 2 - (s[:, None] - panc.arclength[None, :]) ** 2
+        area = np.pi * np.maximum(reach2, 0.0).max(axis=1)
+        lesion = unit["volume"] * r**3
+        return lesion / max(float(np.sum(0.5 * (area[1:] + area[:-1]) * np.diff(s))), lesion)
+
+    lo, hi = 0.05, 40.0
+    for _ in range(30):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if share_at(mid) < share else (lo, mid)
+    return hi
+
+
+def _scaled_shape(unit: dict, centre: np.ndarray, r: float, field: np.ndarray | None) -> dict:
+    """The lesion shape of :func:`_hard_unit_shape` at radius ``r`` (mm), as :func:`_lesion_sdf` takes it."""
+    if unit["kind"] == "ellipsoid":
+        return {"kind": "ellipsoid", "rotation": unit["rotation"], "axes": r * unit["axes"]}
+    if unit["kind"] == "lobes":
+        return {"kind": "lobes", "centres": centre + r * unit["offsets"], "radii": r * unit["radii"]}
+    return {
+        "kind": "irregular",
+        "rotation": unit["rotation"],
+        "axes": r * unit["axes"],
+        "roughness": r * unit["roughness"],
+        "field": field,
+    }
+
+
+def _draw_hard_lesion(
+    rng: np.random.Generator, subtype: int, panc: _Pancreas, fov, spacing, grid: _Grid
+) -> tuple[_Lesion, dict, _Look]:
+    """The hard preset's lesion: geometry sized for a drawn target share, and its mixed-cue look."""
+    sources = {cue: _cue_source(rng, subtype, p) for cue, p in HARD_TYPICAL_PROB.items()}
+    share = _draw_share(rng)
+    kind = _HARD_SHAPES[sources["shape"]]
+    wrap = float(rng.uniform(*HARD_WRAP))
+    margin = float(rng.uniform(0.8, 1.8))
+    thin_min = max(HARD_MIN_SEMI_AXIS_MM, 0.25 * float(spacing[2]) + 0.6)
+    slice_z = grid.z.reshape(-1, grid.k).mean(axis=1)
+    half = np.asarray(fov) / 2
+    best = None  # (largest radius that fits, centre, unit shape, first guess of the radius)
+    for _ in range(60):
+        idx = int(rng.uniform(0.3, 0.65) * (len(panc.centres) - 1))
+        tangent = panc.tangents[idx]
+        offset = rng.normal(0.0, 0.6, 3)
+        offset -= (offset @ tangent) * tangent
+        centre = panc.centres[idx] + offset
+        # centred on a slice, so that a lesion half a slice thick survives the slice averaging
+        centre[2] = slice_z[int(np.argmin(np.abs(slice_z - centre[2])))]
+        unit = _hard_unit_shape(rng, kind, tangent)
+        r_min = thin_min / unit["thin"]
+        r_fit = float(np.min(half - np.abs(centre)) - 2.0) / max(unit["perp"], unit["long"])
+        if r_fit < r_min:
+            continue
+        near = int(np.argmin(np.linalg.norm(panc.centres - centre, axis=1)))
+        guess = max(_share_guess_radius(share, unit, wrap, margin, panc, near), r_min)
+        if best is None or r_fit > best[0] or guess <= r_fit:
+            best = (r_fit, centre, unit, guess)
+        if guess <= r_fit:
+            break
+    if best is None:
+        raise RuntimeError("could not place the lesion inside the field of view")  # pragma: no cover
+    r_fit, centre, unit, guess = best
+    field = _smooth_field(rng, grid, fov, cell_mm=4.0) if kind == "irregular" else None
+    # the pancreas reaches past the lesion's centre by this much more (it is off the centre line)
+    off_axis = float(np.min(np.linalg.norm(panc.centres - centre, axis=1)))
+
+    def make(r: float) -> tuple[_Lesion, dict]:
+        lesion = _Lesion(centre, wrap * unit["perp"] * r + off_axis, unit["long"] * r, margin)
+        return lesion, _scaled_shape(unit, centre, r, field)
+
+    r = _fit_hard_lesion(
+        share, make, panc, grid, fov, float(spacing[0]), thin_min / unit["thin"], r_fit, min(guess, r_fit)
+    )
+    lesion, shape = make(r)
+    look = _Look(
+        density=float(rng.uniform(*HARD_DENSITY_HU[sources["density"]])),
+        speckle=float(rng.uniform(*HARD_SPECKLE_HU[sources["texture"]])),
+        rim_contrast=float(rng.uniform(*HARD_RIM_HU[sources["rim"]])),
+        rim_width=max(0.8, float(rng.uniform(0.2, 0.4)) * unit["thin"] * r),
+        share=share,
+        sources=sources,
+    )
+    return lesion, shape, look
+
+
+def _fit_hard_lesion(
+    share: float,
+    make,
+    panc: _Pancreas,
+    grid: _Grid,
+    fov,
+    edge: float,
+    r_min: float,
+    r_max: float,
+    r_guess: float,
+) -> float:
+    """The radius in ``[r_min, r_max]`` whose labels (as :func:`_render_case` computes them) give
+    the lesion ``share`` of pancreas + lesion, within ~5%, and at least HARD_MIN_LESION_VOXELS voxels.
+
+    ``make(r)`` gives the lesion and its shape at radius ``r``. A few secant steps in log-log space;
+    each step renders the two label masks (no intensities); ``edge`` is the partial-volume ramp.
+    """
+
+    def measure(r: float) -> tuple[float, int]:
+        lesion, shape = make(r)
+        radii = _swollen_radii(panc, lesion, lesion.margin)
+        panc_label = grid.collapse(_fraction(_tube_sdf(grid, panc.centres, radii, margin=4.0), edge)) >= 0.5
+        les_label = grid.collapse(_fraction(_lesion_sdf(grid, lesion, shape, None, fov), edge)) >= 0.5
+        n_lesion = int(les_label.sum())
+        return n_lesion / max(1, int((panc_label | les_label).sum())), n_lesion
+
+    r = float(np.clip(r_guess, r_min, r_max))
+    tried: list[tuple[float, float, int]] = []  # (r, share, lesion voxels)
+    for _ in range(8):
+        got, n_lesion = measure(r)
+        tried.append((r, got, n_lesion))
+        if n_lesion < HARD_MIN_LESION_VOXELS:
+            if r >= r_max:
+                break
+            r = min(r_max, 1.3 * r)
+            continue
+        if abs(np.log(got / share)) < 0.05:
+            break
+        ok = [t for t in tried if t[2] >= HARD_MIN_LESION_VOXELS and t[1] > 0]
+        if len(ok) >= 2 and ok[-1][0] != ok[-2][0] and ok[-1][1] != ok[-2][1]:
+            (r1, s1, _), (r2, s2, _) = ok[-2], ok[-1]
+            slope = np.log(s2 / s1) / np.log(r2 / r1)
+            slope = float(np.clip(slope, 0.5, 4.0)) if np.isfinite(slope) else 2.0
+        else:
+            slope = 2.0
+        new = float(np.clip(r * (share / got) ** (1.0 / slope), r_min, r_max))
+        if new == r:
+            break  # pinned at a bound
+        r = new
+    usable = [t for t in tried if t[2] >= HARD_MIN_LESION_VOXELS]
+    if not usable:
+        raise RuntimeError("synthetic lesion is too small to survive sampling")  # pragma: no cover
+    return min(usable, key=lambda t: abs(np.log(max(t[1], 1e-9) / share)))[0]
+
+
+def _hard_lesion_hu(
+    rng: np.random.Generator, look: _Look, les_sdf: np.ndarray, grid: _Grid, edge: float
+) -> np.ndarray:
+    """Lesion intensities of the hard preset: base density, speckle, and a bright rim (all optional)."""
+    speckle = rng.standard_normal(grid.shape)
+    speckle = ndimage.gaussian_filter(speckle, sigma=(0.6, 0.6, 0.3))
+    speckle /= speckle.std()
+    hu = look.density + look.speckle * grid.expand(speckle).astype(np.float32)
+    core = _fraction(les_sdf + look.rim_width, edge)
+    return (hu + look.rim_contrast * (1.0 - core)).astype(np.float32)
+
+
 def _lesion_sdf(grid: _Grid, lesion: _Lesion, shape: dict, rng: np.random.Generator, fov) -> np.ndarray:
     if shape["kind"] == "ellipsoid":
         return _ellipsoid_sdf(grid, lesion.centre, shape["rotation"], shape["axes"])
     if shape["kind"] == "lobes":
         return _tube_sdf(grid, shape["centres"], shape["radii"], margin=3.0)
     sdf = _ellipsoid_sdf(grid, lesion.centre, shape["rotation"], shape["axes"])
-    return sdf + shape["roughness"] * _smooth_field(rng, grid, fov, cell_mm=4.0)
+    field = shape.get("field")  # the hard preset draws its field up front (it sizes the lesion first)
+    if field is None:
+        field = _smooth_field(rng, grid, fov, cell_mm=4.0)
+    return sdf + shape["roughness"] * field
 
 
-def _render_case(rng: np.random.Generator, subtype: int, fov) -> tuple[np.ndarray, np.ndarray, tuple]:
-    """Image (float HU), labels (uint8) and spacing of one case."""
+def _swollen_radii(panc: _Pancreas, lesion: _Lesion, margin: float) -> np.ndarray:
+    """Pancreas radii swollen around the lesion so that it reaches ``lesion.perp_extent + margin``."""
+    idx = int(np.argmin(np.linalg.norm(panc.centres - lesion.centre, axis=1)))
+    bulge = max(0.0, lesion.perp_extent + margin - panc.radii[idx])
+    width = 0.6 * lesion.long_extent + 1.5
+    return panc.radii + bulge * np.exp(-0.5 * ((panc.arclength - panc.arclength[idx]) / width) ** 2)
+
+
+def _render_case(
+    rng: np.random.Generator, subtype: int, fov, preset: str = "demo"
+) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Image (float HU), labels (uint8) and spacing of one case.
+
+    The hard preset changes only the lesion (placement, shape, size, intensities) and how far the
+    pancreas swells around it; the demo preset's draws are exactly those it always made.
+    """
     spacing = _draw_spacing(rng)
     grid = _make_grid(spacing, fov)
     edge = float(spacing[0])  # partial-volume ramp width in mm
 
     panc = _draw_pancreas(rng, fov)
-    lesion, shape = _draw_lesion_geometry(rng, subtype, panc, fov)
+    look = None
+    if preset == "hard":
+        lesion, shape, look = _draw_hard_lesion(rng, subtype, panc, fov, spacing, grid)
+    else:
+        lesion, shape = _draw_lesion_geometry(rng, subtype, panc, fov)
 
     # The pancreas swells around the lesion so that the lesion sits (mostly) inside it.
-    idx = int(np.argmin(np.linalg.norm(panc.centres - lesion.centre, axis=1)))
-    bulge = max(0.0, lesion.perp_extent + rng.uniform(0.8, 1.8) - panc.radii[idx])
-    width = 0.6 * lesion.long_extent + 1.5
-    radii = panc.radii + bulge * np.exp(-0.5 * ((panc.arclength - panc.arclength[idx]) / width) ** 2)
+    margin = rng.uniform(0.8, 1.8) if lesion.margin is None else lesion.margin
+    radii = _swollen_radii(panc, lesion, margin)
 
     # --- tissue values (HU), with per-case jitter
     offset = rng.normal(0.0, 4.0)  # scanner calibration
@@ -739,7 +1094,9 @@ def _render_case(rng: np.random.Generator, subtype: int, fov) -> tuple[np.ndarra
     # --- the lesion
     les_sdf = _lesion_sdf(grid, lesion, shape, rng, fov)
     les_frac = _fraction(les_sdf, edge)
-    if subtype == 0:
+    if look is not None:
+        lesion_hu = _hard_lesion_hu(rng, look, les_sdf, grid, edge)
+    elif subtype == 0:
         lesion_hu = np.float32(rng.uniform(0.0, 20.0))
     elif subtype == 1:
         base = rng.uniform(170.0, 200.0)
