@@ -151,3 +151,50 @@ def test_touching_the_inference_checkpoint_reruns_prediction(smoke_workflow):
     assert result.returncode == 0, out[-3000:]
     assert "rule predict_split" in out and "rule benchmark_inference" in out, out[-3000:]
     assert "rule train_stage" not in out, out[-3000:]
+
+
+def test_training_logged_the_share_of_patches_that_held_the_lesion(smoke_workflow):
+    for trainer, keys in [("nnUNetTrainerPancreasSeg", ["train_lesion_patch_share"]),
+                          ("nnUNetTrainerPancreasMultiTask", ["train_lesion_patch_share", "train_subtype_patch_share"])]:
+        logging = torch.load(fold_folder(smoke_workflow, trainer) / "checkpoint_final.pth", map_location="cpu",
+                             weights_only=False)["logging"]
+        for key in keys:
+            assert logging[key] and all(0.0 <= share <= 1.0 for share in logging[key]), (trainer, key)
+
+
+def test_lesion_prior_is_recorded_and_the_metrics_show_it_side_by_side(smoke_workflow):
+    from pancreas_mtl.data.labels import LESION_LABEL
+
+    for split in ("validation", "test"):
+        predictions = smoke_workflow / "results" / "predictions" / split
+        record = json.loads((predictions / "lesion_prior.json").read_text())
+        assert record["enabled"] and record["relative_threshold"] == 0.5
+        for case, change in record["changed_cases"].items():
+            after = np.asarray(nib.load(predictions / f"{case}.nii.gz").dataobj)
+            before = np.asarray(nib.load(predictions / "without_lesion_prior" / f"{case}.nii.gz").dataobj)
+            assert not (before == LESION_LABEL).any()
+            assert int((after == LESION_LABEL).sum()) == change["added_voxels"] > 0
+            assert np.array_equal(after != before, after == LESION_LABEL)
+        # every mask that the prior left alone holds a lesion or no pancreas to anchor one
+        for mask in predictions.glob("quiz_*.nii.gz"):
+            labels = np.asarray(nib.load(mask).dataobj)
+            assert (labels == LESION_LABEL).any() or not (labels == 1).any(), mask.name
+    metrics = json.loads((smoke_workflow / "results" / "metrics" / "summary.json").read_text())
+    changed = metrics["lesion_prior"]["changed_cases"]
+    validation_record = json.loads(
+        (smoke_workflow / "results" / "predictions" / "validation" / "lesion_prior.json").read_text())
+    assert changed == sorted(validation_record["changed_cases"])
+    effect = pd.read_csv(smoke_workflow / "results" / "metrics" / "lesion_prior_effect.csv")
+    lesion_dice = effect[(effect["region"] == "lesion") & (effect["metric"] == "dice")].iloc[0]
+    assert lesion_dice["with_prior"] == pytest.approx(metrics["lesion_dice_mean"], abs=1e-4)
+    assert lesion_dice["without_prior"] == pytest.approx(metrics["lesion_dice_mean_without_prior"], abs=1e-4)
+    if not changed:
+        assert lesion_dice["change"] == 0
+
+
+def test_summary_names_the_cases_that_selected_the_checkpoint(smoke_workflow):
+    splits = json.loads((smoke_workflow / "results" / "dataset" / DATASET / "splits_final.json").read_text())
+    metrics = json.loads((smoke_workflow / "results" / "metrics" / "summary.json").read_text())
+    assert metrics["checkpoint_selection_cases"] == {str(fold): splits[fold]["val"] for fold in (0, 1)}
+    validation = set(pd.read_csv(smoke_workflow / "results" / "metrics" / "segmentation_per_case.csv")["case_id"])
+    assert not validation & {c for cases in metrics["checkpoint_selection_cases"].values() for c in cases}
