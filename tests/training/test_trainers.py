@@ -252,3 +252,31 @@ def test_the_training_seed_fixes_the_initial_weights(smoke_workflow, tmp_path, m
     first, again, other = initial_weights(3), initial_weights(3), initial_weights(4)
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+@pytest.mark.slow
+def test_resume_falls_back_from_a_torn_latest_and_drops_best_checkpoints_of_abandoned_epochs(
+    smoke_workflow, tmp_path, monkeypatch
+):
+    """A kill during nnU-Net's plain torch.save left an unreadable checkpoint_latest.pth that every rerun failed
+    on; and a best checkpoint written after the resumed epoch stayed on disk, used for inference unless beaten."""
+    from pathlib import Path
+
+    trainer = _smoke_trainer(smoke_workflow, tmp_path, monkeypatch, trainers.nnUNetTrainerPancreasSeg, "stage1")
+    trainer.initialize()
+    out = Path(trainer.output_folder)
+    latest, best = out / "checkpoint_latest.pth", out / "checkpoint_best_combined.pth"
+    for epoch in (2, 3):  # nnU-Net stores current_epoch + 1: 3, then 4 (and 3 is kept as the previous)
+        trainer.current_epoch = epoch
+        trainer.save_checkpoint(str(latest))
+    trainer.current_epoch = 4
+    trainer.save_checkpoint(str(best))  # an epoch after the last latest checkpoint: abandoned by a crash
+    assert not list(out.glob("*.partial"))
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+
+    resumed = _smoke_trainer(smoke_workflow, tmp_path, monkeypatch, trainers.nnUNetTrainerPancreasSeg, "stage1")
+    resumed.load_checkpoint(str(latest))
+    assert resumed.current_epoch == 3  # the previous checkpoint
+    assert not best.exists() and resumed.checkpoint_selector.best["combined"] == -math.inf
+    log = Path(resumed.log_file).read_text()
+    assert "checkpoint_latest.pth cannot be read" in log and "checkpoint_latest.previous.pth instead" in log

@@ -28,7 +28,10 @@ def saved_epoch(checkpoint_file) -> int:
         return -1
 
 
-def test_killed_training_resumes_from_its_latest_checkpoint(tmp_path):
+@pytest.mark.parametrize("torn", [False, True], ids=["whole", "torn"])
+def test_killed_training_resumes_from_its_latest_checkpoint(tmp_path, torn):
+    """torn: the kill also left checkpoint_latest.pth cut to half its size (as a kill during nnU-Net's plain
+    torch.save did): the rerun resumes from the checkpoint before it, and says so."""
     workdir = copy_workflow(tmp_path / "workflow")
     config = yaml.safe_load((workdir / ".test" / "config_smoke.yaml").read_text())
     config["training"]["stage1"].update(num_epochs=EPOCHS, iterations_per_epoch=3, checkpoint_every=1)
@@ -56,13 +59,23 @@ def test_killed_training_resumes_from_its_latest_checkpoint(tmp_path):
     interrupted_at = saved_epoch(latest)
     assert not (workdir / target).exists()
     assert 2 <= interrupted_at < EPOCHS
+    if torn:
+        data = latest.read_bytes()
+        latest.write_bytes(data[: len(data) // 2])
+        subprocess.run([*snakemake_cli(), "--unlock", *args], cwd=workdir, check=True, capture_output=True)
 
     second = run_snakemake(workdir, target, *args, "--rerun-incomplete", timeout=900)
     assert second.returncode == 0, snakemake_output(second)[-4000:]
     log = (workdir / "logs" / "train_stage1_fold0.log").read_text()
     resumed = re.search(r"resumed at epoch (\d+)", log)
     assert resumed, log[-3000:]
-    assert int(resumed[1]) >= interrupted_at
+    if torn:
+        assert re.search(r"checkpoint_latest\.pth cannot be read .*; resuming from \S+checkpoint_latest\.previous\.pth",
+                         log), log[-3000:]
+        assert interrupted_at - 1 <= int(resumed[1]) <= interrupted_at
+    else:
+        assert int(resumed[1]) >= interrupted_at
+    assert not (workdir / STAGE1 / "checkpoint_latest.previous.pth").exists()
     final = torch.load(workdir / target, map_location="cpu", weights_only=False)
     assert final["current_epoch"] == EPOCHS
     assert all(len(v) == EPOCHS for v in final["logging"].values())

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from os.path import join
 from pathlib import Path
@@ -75,6 +76,11 @@ FULL_VALIDATION_LOG_KEYS = {
     "combined": "full_val_combined",
     "macro_f1": "full_val_macro_f1",
 }
+
+
+# nnU-Net's resumable checkpoint, and the one it replaced (kept as the fallback when it cannot be read).
+LATEST_CHECKPOINT = "checkpoint_latest.pth"
+PREVIOUS_CHECKPOINT = "checkpoint_latest.previous.pth"
 
 
 class ValidationCase(NamedTuple):
@@ -270,7 +276,55 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
                 self.save_checkpoint(join(self.output_folder, SCORE_CHECKPOINTS[score]))
         super().on_epoch_end()
 
+    # ------------------------------------------------------------------ checkpoints that survive crashes
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint, written to a temporary file and renamed into place, so a job killed while
+        writing (time limit, preemption, OOM killer) leaves the previous file whole. The checkpoint_latest.pth
+        it replaces stays (hard link) as checkpoint_latest.previous.pth: the fallback of :meth:`load_checkpoint`.
+        """
+        partial = f"{filename}.partial"
+        super().save_checkpoint(partial)
+        if not os.path.isfile(partial):  # not rank 0, or checkpointing disabled
+            return
+        target = Path(filename)
+        if target.name == LATEST_CHECKPOINT and target.is_file():
+            previous = target.with_name(PREVIOUS_CHECKPOINT)
+            previous.unlink(missing_ok=True)
+            os.link(target, previous)
+        os.replace(partial, target)
+
+    def on_train_end(self):
+        super().on_train_end()  # deletes checkpoint_latest.pth: the finished training needs no fallback either
+        if self.local_rank == 0:
+            Path(self.output_folder, PREVIOUS_CHECKPOINT).unlink(missing_ok=True)
+
+    def readable_checkpoint(self, filename: str) -> str:
+        """``filename`` if torch can load it, else the newest readable fallback (checkpoint_latest.pth, then
+        checkpoint_latest.previous.pth), named in one log line; an error when there is none."""
+        candidates = [filename] + [
+            str(Path(self.output_folder, name)) for name in (LATEST_CHECKPOINT, PREVIOUS_CHECKPOINT)
+            if Path(self.output_folder, name) != Path(filename)
+        ]
+        problem = None
+        for candidate in candidates:
+            if not Path(candidate).is_file():
+                continue
+            try:
+                torch.load(candidate, map_location="cpu", weights_only=False)
+            except Exception as error:  # truncated or corrupt: torch raises several kinds
+                problem = problem or f"{candidate} cannot be read ({type(error).__name__}: {error})"
+                continue
+            if problem:
+                self.print_to_log_file(f"{problem}; resuming from {candidate} instead")
+            return candidate
+        raise RuntimeError(
+            f"{problem or filename + ' is missing'}, and no earlier checkpoint can be read: remove the fold folder "
+            f"{self.output_folder} to train it afresh"
+        )
+
     def load_checkpoint(self, filename_or_checkpoint):
+        if isinstance(filename_or_checkpoint, str):
+            filename_or_checkpoint = self.readable_checkpoint(filename_or_checkpoint)
         super().load_checkpoint(filename_or_checkpoint)
         # The best scores so far are in the per-epoch log the checkpoint restored (NaN: no full validation).
         logged = self.logger.local_logger.my_fantastic_logging
@@ -280,12 +334,29 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
             for epoch in range(self.current_epoch)
         ]
         self.checkpoint_selector.restore(history)
-        # A best checkpoint that is gone (Snakemake removes a rerun job's outputs first) is chosen afresh from the
-        # epochs still to come, so the file and the best score kept for it always agree.
+        # A best checkpoint must belong to the restored history: one that is gone (Snakemake removes a rerun
+        # job's outputs first), unreadable, or from an epoch after the one resumed (written before a crash that
+        # lost the later checkpoint_latest.pth) is removed and chosen afresh from the epochs still to come.
         for score in self.checkpoint_selector.best:
-            if not Path(self.output_folder, SCORE_CHECKPOINTS[score]).is_file():
+            path = Path(self.output_folder, SCORE_CHECKPOINTS[score])
+            epoch = _saved_epoch(path)
+            if epoch is None or epoch > self.current_epoch:
+                if path.is_file() and self.local_rank == 0:
+                    why = "unreadable" if epoch is None else f"saved at epoch {epoch}, after the resumed {self.current_epoch}"
+                    self.print_to_log_file(f"removing {path.name} ({why})")
+                    path.unlink(missing_ok=True)
                 self.checkpoint_selector.best[score] = -math.inf
         self.print_to_log_file(f"resumed at epoch {self.current_epoch}; best so far: {self.checkpoint_selector.best}")
+
+
+def _saved_epoch(path: Path) -> int | None:
+    """The epoch count a checkpoint file holds (nnU-Net's ``current_epoch``); None when missing or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False)["current_epoch"])
+    except Exception:
+        return None
 
 
 class nnUNetTrainerPancreasMultiTask(nnUNetTrainerPancreasSeg):
