@@ -13,14 +13,16 @@ log = logging.getLogger(__name__)
 
 
 def wandb_environment(enabled: bool, mode: str, project: str) -> dict[str, str]:
-    """nnU-Net's built-in W&B logger, offline unless asked otherwise (offline never touches the network)."""
+    """nnU-Net's built-in W&B logger, offline unless asked otherwise (offline never touches the network).
+
+    nnU-Net passes ``nnUNet_wandb_mode`` to ``wandb.init(mode=...)``, which outranks ``WANDB_MODE``: the mode is set
+    here once."""
     if not enabled:
         return {"nnUNet_wandb_enabled": "0"}
     return {
         "nnUNet_wandb_enabled": "1",
         "nnUNet_wandb_mode": mode,
         "nnUNet_wandb_project": project,
-        "WANDB_MODE": mode,
         "WANDB_SILENT": "true",
     }
 
