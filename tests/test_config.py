@@ -29,6 +29,22 @@ def test_shipped_configs_are_valid(schema):
         assert config_problems(config, schema) == [], path
 
 
+def _overlay(base: dict, overlay: dict) -> dict:
+    """Snakemake's --configfile: nested keys of the later file replace the earlier file's."""
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _overlay(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+@pytest.mark.parametrize("overlay", ["real_data.yaml", "hard_synthetic.yaml"])
+def test_shipped_overlays_on_the_demo_config_are_valid(schema, shipped_config, overlay):
+    config = _overlay(deepcopy(shipped_config), yaml.safe_load((REPO / "config" / overlay).read_text()))
+    assert config_problems(config, schema) == []
+
+
 def test_defaults_fill_a_minimal_config(schema, shipped_config):
     config = {"data": {"source": "folder"}}
     assert config_problems(config, schema) == []
@@ -57,6 +73,7 @@ def test_every_schema_property_has_a_description_and_default(schema):
         (lambda c: c.update(trainig={}), "allowed keys:"),
         (lambda c: c["synthetic"]["counts"].update(train=[1, 2]), "synthetic.counts.train"),
         (lambda c: c["nnunet"]["cpu_configuration"].update(batch_size=0), "batch_size: 0 is less than"),
+        (lambda c: c["inference"].update(export_workers="many"), "export_workers: 'many' does not match '^auto$'"),
     ],
 )
 def test_wrong_key_or_type_is_a_one_line_error(schema, shipped_config, change, expected):

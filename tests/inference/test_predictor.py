@@ -123,7 +123,7 @@ def test_training_validation_and_prediction_give_the_same_masks_and_probabilitie
     """The trainer's full-volume validation and the workflow's prediction run the same core on the same checkpoint."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
 
-    from pancreas_mtl.inference.predictor import preprocess_case
+    from pancreas_mtl.inference.workers import preprocess_case
     from pancreas_mtl.training.settings import SETTINGS_ENV
     from pancreas_mtl.training.trainers import nnUNetTrainerPancreasMultiTask
 
@@ -166,3 +166,4 @@ def test_training_validation_and_prediction_give_the_same_masks_and_probabilitie
         logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data))
         assert np.array_equal(logits.argmax(0).numpy(), labels), key
         assert np.allclose(predictor.last_class_probabilities, probabilities, atol=1e-6), key
+

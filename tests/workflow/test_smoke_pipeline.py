@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from pancreas_mtl.inference.benchmark import ROWS, STEPS
 from tests.workflow_helpers import run_snakemake, snakemake_output
 
 pytestmark = pytest.mark.slow
@@ -120,7 +121,26 @@ def test_metrics_and_benchmark_say_which_folds_were_ensembled(smoke_workflow):
                 "agreement_whole_dice", "same_subtype_fraction"]:
         assert benchmark[key] is not None and benchmark[key] >= 0, key
     per_case = pd.read_csv(smoke_workflow / "results" / "benchmark" / "per_case.csv")
-    assert set(per_case["path"]) == {"baseline", "optimized", "one_pass"}
+    assert list(dict.fromkeys(per_case["path"])) == list(ROWS) == [row["path"] for row in benchmark["rows"]]
+
+
+def test_benchmark_rows_compare_like_for_like_with_cold_warm_and_per_case_split(smoke_workflow):
+    """Six rows, each with cold and warm times; the optimized predictor at the stock's settings gives stock
+    nnU-Net's masks; the per-case split holds the steps each row can measure."""
+    out = smoke_workflow / "results" / "benchmark"
+    benchmark = json.loads((out / "summary.json").read_text())
+    for row in benchmark["rows"]:
+        assert row["cold_seconds"] > 0 and row["warm_seconds"] > 0, row
+        if row["path"] != "one_pass":  # every other row writes one mask per case
+            assert 0 < row["first_case_cold_seconds"] <= row["cold_seconds"], row
+    assert benchmark["stock_settings_agreement_whole_dice_min"] >= 0.99
+    assert benchmark["optimized_over_end_to_end_bound"] > 0
+    per_case = pd.read_csv(out / "per_case.csv").set_index("path")
+    measured = per_case[list(STEPS)].notna().groupby(level=0).all()
+    assert measured.loc["optimized"].all() and measured.loc["optimized_stock_settings"].all()
+    assert measured.loc["end_to_end_bound"].all()
+    assert list(measured.loc["stock_segmentation"]) == [False, True, False]
+    assert list(measured.loc["one_pass"]) == [False, True, False]
 
 
 def test_report_plots_and_the_html_report(smoke_workflow):

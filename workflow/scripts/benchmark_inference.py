@@ -16,7 +16,7 @@ def main():
         params.split,
         params.max_cases,
         Path(snakemake.output.summary).parent,
-        InferenceSettings.from_config(params.inference),
+        InferenceSettings.from_config(params.inference, snakemake.threads),
         repeats=params.repeats,
         setting=params.setting,
         with_agreement=params.with_agreement,

@@ -12,7 +12,7 @@ from pancreas_mtl.script_logging import run_logged
 def main():
     params = snakemake.params
     images = split_images(snakemake.input.case_table, snakemake.input.raw_dataset, snakemake.wildcards.split)
-    settings = InferenceSettings.from_config(params.inference)
+    settings = InferenceSettings.from_config(params.inference, snakemake.threads)
     predictor = build_predictor(params.model_folder, params.folds, params.checkpoint, settings)
     try:
         probabilities = predict_images(predictor, images, snakemake.output.predictions, settings,

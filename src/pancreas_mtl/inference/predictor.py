@@ -28,23 +28,16 @@ predictor: the segmentation arithmetic is nnU-Net's own.
 from __future__ import annotations
 
 import multiprocessing
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from nnunetv2.inference.export_prediction import (
-    convert_predicted_logits_to_segmentation_with_correct_shape,
-    export_prediction_from_logits,
-)
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from torch._dynamo import OptimizedModule
 
 from pancreas_mtl.data.labels import LESION_LABEL
-from pancreas_mtl.inference.lesion_prior import (
-    WITHOUT_PRIOR_FOLDER,
-    apply_lesion_presence_prior,
-    lesion_output_channel,
-)
+from pancreas_mtl.inference.workers import WORKERS_MODULE, export_case, preprocess_case, timed_in_worker
 
 # A tile with no predicted lesion still votes a little, so a case without lesion gets a defined answer.
 MIN_TILE_WEIGHT = 1e-3
@@ -55,42 +48,6 @@ def roi_weighted_class_probabilities(tile_class_logits: torch.Tensor, tile_lesio
     weights = tile_lesion_mass.float().clamp_min(0) + MIN_TILE_WEIGHT
     probs = torch.softmax(tile_class_logits.float(), dim=1)
     return (probs * weights[:, None]).sum(0) / weights.sum()
-
-
-def preprocess_case(image: str, plans_manager, configuration_manager, dataset_json) -> tuple[np.ndarray, dict]:
-    """nnU-Net's preprocessing of one image, run in a worker process."""
-    preprocessor = configuration_manager.preprocessor_class(verbose=False)
-    data, _, properties = preprocessor.run_case([image], None, plans_manager, configuration_manager, dataset_json)
-    return np.ascontiguousarray(data, dtype=np.float32), properties
-
-
-def export_case(logits: np.ndarray, properties: dict, configuration_manager, plans_manager, dataset_json: dict,
-                output_file_truncated: str, lesion_prior_threshold: float | None) -> dict:
-    """nnU-Net's export of one case (resampling to the input grid, argmax, writing), run in a worker process,
-    with the lesion-presence prior between the argmax and the writing when ``lesion_prior_threshold`` is set.
-
-    A mask the prior changed is also written as predicted before it, under ``without_lesion_prior/``.
-    Returns the voxels the prior added and the peak lesion probability it started from (0 and nan: unchanged).
-    """
-    if lesion_prior_threshold is None:
-        export_prediction_from_logits(logits, properties, configuration_manager, plans_manager, dataset_json,
-                                      output_file_truncated, False)
-        return {"added_voxels": 0, "peak_probability": float("nan")}
-    label_manager = plans_manager.get_label_manager(dataset_json)
-    segmentation, probabilities = convert_predicted_logits_to_segmentation_with_correct_shape(
-        logits, plans_manager, configuration_manager, label_manager, properties, return_probabilities=True
-    )
-    prior = apply_lesion_presence_prior(
-        segmentation, probabilities[lesion_output_channel(label_manager)], relative_threshold=lesion_prior_threshold
-    )
-    writer = plans_manager.image_reader_writer_class()
-    output = Path(output_file_truncated)
-    if prior.added_voxels:
-        (output.parent / WITHOUT_PRIOR_FOLDER).mkdir(exist_ok=True)
-        writer.write_seg(segmentation, str(output.parent / WITHOUT_PRIOR_FOLDER / output.name) +
-                         dataset_json["file_ending"], properties)
-    writer.write_seg(prior.labels, output_file_truncated + dataset_json["file_ending"], properties)
-    return {"added_voxels": prior.added_voxels, "peak_probability": prior.peak_probability}
 
 
 class MultiTaskPredictor(nnUNetPredictor):
@@ -117,6 +74,7 @@ class MultiTaskPredictor(nnUNetPredictor):
         self.has_classification_head = False
         self.class_probabilities: dict[str, np.ndarray] = {}
         self.lesion_prior_changes: dict[str, dict] = {}
+        self.case_seconds: dict[str, dict[str, float]] = {}
         self.last_class_probabilities: np.ndarray | None = None
         self._current_case: str | None = None
         self._tile_class_logits: list[torch.Tensor] = []
@@ -150,8 +108,18 @@ class MultiTaskPredictor(nnUNetPredictor):
     # ------------------------------------------------------------------ the serving loop
     def _pool(self, name: str, processes: int):
         if name not in self._pools:
-            self._pools[name] = multiprocessing.get_context("spawn").Pool(max(1, processes))
+            # Workers fork from one server process that imported only the workers' module (about half of what a
+            # spawned worker imports: it re-imports the caller's main module too); the server itself is a fresh
+            # process, so forking is safe beside CUDA and OpenMP. Cuts the first pass's start-up.
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload([WORKERS_MODULE])
+            self._pools[name] = context.Pool(max(1, processes))
         return self._pools[name]
+
+    def start_workers(self, preprocessing_workers: int, export_workers: int) -> None:
+        """Start the worker pools now (else the first :meth:`predict_files` does), e.g. while the weights load."""
+        self._pool("preprocess", preprocessing_workers)
+        self._pool("export", export_workers)
 
     def close(self) -> None:
         """Stop the background workers (they are otherwise kept for the next call)."""
@@ -169,28 +137,33 @@ class MultiTaskPredictor(nnUNetPredictor):
         process, and each mask is resampled and written by a resident export worker while the next case computes.
         With ``lesion_prior_threshold`` the export applies the lesion-presence prior (:func:`export_case`); what
         it changed goes to ``self.lesion_prior_changes`` (case name: voxels added, peak probability).
+        ``self.case_seconds`` gets each case's preprocessing, compute and export seconds (the three overlap
+        across cases, so they add up to more than the wall time).
         """
         preprocess = self._pool("preprocess", preprocessing_workers)
         export = self._pool("export", export_workers)
         pending = [
-            preprocess.apply_async(preprocess_case, (str(image), self.plans_manager, self.configuration_manager,
-                                                      self.dataset_json))
+            preprocess.apply_async(timed_in_worker, (preprocess_case, str(image), self.plans_manager,
+                                                     self.configuration_manager, self.dataset_json))
             for image in images
         ]
         exports = []
         try:
             for job, ofile in zip(pending, output_files_truncated):
-                data, properties = job.get()
+                (data, properties), preprocessing_seconds = job.get()
                 self._current_case = Path(ofile).name
+                start = time.perf_counter()
                 logits = self.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu().numpy()
-                exports.append((self._current_case, export.apply_async(export_case, (
-                    logits, properties, self.configuration_manager, self.plans_manager, self.dataset_json, ofile,
-                    lesion_prior_threshold))))
+                self.case_seconds[self._current_case] = {"preprocessing_seconds": preprocessing_seconds,
+                                                         "compute_seconds": time.perf_counter() - start}
+                exports.append((self._current_case, export.apply_async(timed_in_worker, (
+                    export_case, logits, properties, self.configuration_manager, self.plans_manager,
+                    self.dataset_json, ofile, lesion_prior_threshold))))
         finally:
             # a later call on bare preprocessed data must not file its probabilities under the last case's name
             self._current_case = None
         for case, job in exports:
-            change = job.get()
+            change, self.case_seconds[case]["export_seconds"] = job.get()
             if change["added_voxels"]:
                 self.lesion_prior_changes[case] = change
 

@@ -31,14 +31,24 @@ class InferenceSettings:
     export_workers: int
 
     @classmethod
-    def from_config(cls, values: dict) -> "InferenceSettings":
+    def from_config(cls, values: dict, threads: int = 1) -> "InferenceSettings":
+        """Settings from the config section; ``auto`` worker counts are sized from the job's ``threads``."""
         values = dict(values)
         if values.get("mirror_axes") is not None:
             values["mirror_axes"] = tuple(values["mirror_axes"])
+        for key in ("preprocessing_workers", "export_workers"):
+            if values[key] == "auto":
+                values[key] = workers_for_threads(threads)
         return cls(**values)
 
     def torch_device(self) -> torch.device:
         return torch.device(resolve_device(self.device))
+
+
+def workers_for_threads(threads: int) -> int:
+    """Preprocessing (or export) workers for a job of ``threads`` threads: the model's process keeps one thread,
+    the two pools share the rest; at least one worker each."""
+    return max(1, (int(threads) - 1) // 2)
 
 
 def case_id_of_image(image: str | Path) -> str:
@@ -49,9 +59,13 @@ def case_id_of_image(image: str | Path) -> str:
 
 
 def build_predictor(
-    model_folder: str | Path, folds: list[int], checkpoint_name: str, settings: InferenceSettings
+    model_folder: str | Path, folds: list[int], checkpoint_name: str, settings: InferenceSettings,
+    start_workers: bool = True,
 ) -> MultiTaskPredictor:
-    """Load the trained multi-task model once (it stays resident for every case predicted with it)."""
+    """Load the trained multi-task model once (it stays resident for every case predicted with it).
+
+    ``start_workers=False`` for a predictor that only computes on preprocessed data (no :meth:`predict_files`).
+    """
     register_trainers()
     predictor = MultiTaskPredictor(
         tile_step_size=settings.tile_step_size,
@@ -59,12 +73,18 @@ def build_predictor(
         channels_last=settings.channels_last,
         device=settings.torch_device(),
     )
-    predictor.initialize_from_trained_model_folder(str(model_folder), tuple(folds), checkpoint_name)
-    if not predictor.has_classification_head:
-        raise TypeError(
-            f"{model_folder}: the model has no classification head; the multi-task predictor needs a model "
-            "trained with nnUNetTrainerPancreasMultiTask*"
-        )
+    if start_workers:  # they start up (import nnU-Net) while this process loads the weights
+        predictor.start_workers(settings.preprocessing_workers, settings.export_workers)
+    try:
+        predictor.initialize_from_trained_model_folder(str(model_folder), tuple(folds), checkpoint_name)
+        if not predictor.has_classification_head:
+            raise TypeError(
+                f"{model_folder}: the model has no classification head; the multi-task predictor needs a model "
+                "trained with nnUNetTrainerPancreasMultiTask*"
+            )
+    except BaseException:
+        predictor.close()
+        raise
     return predictor
 
 

@@ -44,9 +44,16 @@ SUBTYPE_COLOURS = (OKABE_ITO["blue"], OKABE_ITO["orange"], OKABE_ITO["reddish_pu
 REGION_COLOURS = {"whole": OKABE_ITO["bluish_green"], "lesion": OKABE_ITO["vermillion"]}
 PANCREAS_COLOUR = OKABE_ITO["sky_blue"]
 LESION_COLOUR = OKABE_ITO["orange"]
-PATH_COLOURS = {"baseline": OKABE_ITO["grey"], "optimized": OKABE_ITO["blue"], "one_pass": OKABE_ITO["orange"]}
-PATH_LABELS = {"baseline": "baseline", "optimized": "optimized", "one_pass": "one pass (bound)"}
-PATH_TICKS = {"baseline": "baseline", "optimized": "optimized", "one_pass": "one pass\n(bound)"}
+#: the benchmark's rows, in its order (pancreas_mtl.inference.benchmark.ROWS)
+PATH_COLOURS = {"stock_segmentation": OKABE_ITO["black"], "baseline": OKABE_ITO["grey"],
+                "optimized_stock_settings": OKABE_ITO["sky_blue"], "optimized": OKABE_ITO["blue"],
+                "one_pass": OKABE_ITO["orange"], "end_to_end_bound": OKABE_ITO["yellow"]}
+PATH_LABELS = {"stock_segmentation": "1 stock segmentation", "baseline": "2 baseline (stock + class pass)",
+               "optimized_stock_settings": "3 optimized, stock settings", "optimized": "4 optimized",
+               "one_pass": "5 one pass (compute bound)", "end_to_end_bound": "6 end-to-end bound"}
+PATH_TICKS = {"stock_segmentation": "1 stock\nseg.", "baseline": "2 base-\nline",
+              "optimized_stock_settings": "3 opt.\nstock set.", "optimized": "4 opti-\nmized",
+              "one_pass": "5 one\npass", "end_to_end_bound": "6 end-to-\nend bound"}
 
 CT_LEVEL_HU = 40.0
 CT_WIDTH_HU = 400.0
@@ -453,10 +460,11 @@ def _number(benchmark: Mapping, key: str) -> float | None:
 
 
 def plot_benchmark(benchmark: dict, per_case: pd.DataFrame | None, out_png: str | Path) -> Path:
-    """Total inference time per path (speed-up annotated), per-case times and peak memory."""
-    paths = [p for p in ("baseline", "optimized", "one_pass") if _number(benchmark, f"{p}_seconds_total") is not None]
+    """Total inference time per row, warm (bars) and cold (markers), speed-up annotated; per-case times; peak
+    memory."""
+    paths = [p for p in PATH_TICKS if _number(benchmark, f"{p}_seconds_total") is not None]
     have_per_case = per_case is not None and len(per_case) > 0 and {"case_id", "path", "seconds"} <= set(per_case)
-    widths = [1.0, 2.2, 0.9] if have_per_case else [1.0, 0.9]
+    widths = [1.8, 2.2, 1.5] if have_per_case else [1.8, 1.5]
     fig, axes = plt.subplots(1, len(widths), figsize=(3.3 * sum(widths) + 1.0, 4.8), width_ratios=widths,
                              layout="constrained")
     ax_total, ax_mem = axes[0], axes[-1]
@@ -466,7 +474,13 @@ def plot_benchmark(benchmark: dict, per_case: pd.DataFrame | None, out_png: str 
     bars = ax_total.bar([PATH_TICKS[p] for p in paths], totals, color=[PATH_COLOURS[p] for p in paths])
     for bar, value in zip(bars, totals):
         ax_total.annotate(f"{value:.1f} s", (bar.get_x() + bar.get_width() / 2, value), xytext=(0, 3),
-                          textcoords="offset points", ha="center", va="bottom", fontsize=9)
+                          textcoords="offset points", ha="center", va="bottom", fontsize=8)
+    colds = [_number(benchmark, f"{p}_cold_seconds") for p in paths]
+    if any(c is not None for c in colds):
+        xs = [bar.get_x() + bar.get_width() / 2 for bar, c in zip(bars, colds) if c is not None]
+        ax_total.scatter(xs, [c for c in colds if c is not None], marker="_", s=300, color=OKABE_ITO["vermillion"],
+                         zorder=3, label="cold (first pass, from process start)")
+        ax_total.legend(frameon=False, fontsize=8, loc="upper right", bbox_to_anchor=(1.0, 0.72))
     speedup = _number(benchmark, "speedup")
     base, opt = _number(benchmark, "baseline_seconds_total"), _number(benchmark, "optimized_seconds_total")
     if speedup is None and base and opt:
@@ -480,14 +494,20 @@ def plot_benchmark(benchmark: dict, per_case: pd.DataFrame | None, out_png: str 
         ratio = opt / one
     if ratio is not None:
         notes.append(f"optimized takes {ratio:.2f}× the one-pass time")
+    end_to_end = _number(benchmark, "optimized_over_end_to_end_bound")
+    if end_to_end is not None:
+        notes.append(f"and {end_to_end:.2f}× the end-to-end bound")
+    stock_settings = _number(benchmark, "stock_settings_speedup")
+    if stock_settings is not None:
+        notes.append(f"at the stock's settings: {stock_settings:.2f}× faster than baseline")
     if notes:
         ax_total.text(0.5, 0.97, "\n".join(notes), transform=ax_total.transAxes, ha="center", va="top",
                       fontsize=9, bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.7"})
     if totals:
-        ax_total.set_ylim(0, max(totals) * 1.45)
+        ax_total.set_ylim(0, max(totals + [c for c in colds if c is not None]) * 1.45)
     else:
         ax_total.text(0.5, 0.5, "no timings", ha="center", va="center", transform=ax_total.transAxes)
-    ax_total.set_ylabel("total inference time (s)")
+    ax_total.set_ylabel("total inference time, warm (s)")
     ax_total.set_title("Total time, all cases", fontsize=11)
     ax_total.grid(True, axis="y", alpha=0.3)
 
@@ -497,7 +517,7 @@ def plot_benchmark(benchmark: dict, per_case: pd.DataFrame | None, out_png: str 
         table = per_case.copy()
         table["seconds"] = pd.to_numeric(table["seconds"], errors="coerce")
         wide = table.pivot_table(index="case_id", columns="path", values="seconds", aggfunc="mean")
-        case_paths = [p for p in ("baseline", "optimized", "one_pass") if p in wide.columns]
+        case_paths = [p for p in PATH_TICKS if p in wide.columns]
         case_paths += sorted(set(wide.columns) - set(case_paths))
         x = np.arange(len(wide))
         width = 0.8 / max(1, len(case_paths))
@@ -512,19 +532,19 @@ def plot_benchmark(benchmark: dict, per_case: pd.DataFrame | None, out_png: str 
             ax_case.set_xlabel(f"case ({len(wide)} cases)")
         else:
             ax_case.set_xlabel("case")
-        ax_case.set_ylabel("inference time per case (s)")
+        ax_case.set_ylabel("work per case (s): measured steps")
         ax_case.set_title("Time per case", fontsize=11)
         ax_case.legend(frameon=False, fontsize=9, title="path")
         ax_case.grid(True, axis="y", alpha=0.3)
 
     # peak memory
-    mem_paths = [p for p in ("baseline", "optimized", "one_pass") if _number(benchmark, f"{p}_peak_memory_mb")]
+    mem_paths = [p for p in PATH_TICKS if _number(benchmark, f"{p}_peak_memory_mb")]
     if mem_paths:
         mem = [_number(benchmark, f"{p}_peak_memory_mb") for p in mem_paths]
         bars = ax_mem.bar([PATH_TICKS[p] for p in mem_paths], mem, color=[PATH_COLOURS[p] for p in mem_paths])
         for bar, value in zip(bars, mem):
-            ax_mem.annotate(f"{value:,.0f} MiB", (bar.get_x() + bar.get_width() / 2, value), xytext=(0, 3),
-                            textcoords="offset points", ha="center", va="bottom", fontsize=9)
+            ax_mem.annotate(f"{value:,.0f}", (bar.get_x() + bar.get_width() / 2, value), xytext=(0, 3),
+                            textcoords="offset points", ha="center", va="bottom", fontsize=8)
         ax_mem.set_ylim(0, max(mem) * 1.2)
         if all(f"{p}_peak_gpu_mb" in benchmark for p in mem_paths):
             kind = "peak GPU memory"
