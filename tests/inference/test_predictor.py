@@ -10,6 +10,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from pancreas_mtl.evaluation.segmentation import dice
 from pancreas_mtl.inference.predictor import MultiTaskPredictor
 from pancreas_mtl.inference.run import InferenceSettings, build_predictor, predict_images
 from pancreas_mtl.nnunet.environment import register_trainers
@@ -85,7 +86,7 @@ def test_optimized_predictions_on_real_ct_keep_the_real_geometry(smoke_workflow,
     """Real files (LPS, int16/int32/float64, 1.5-5 mm slices) through the demo model: exact input geometry back."""
     images = sorted((real_sample_dir / "test").glob("quiz_*_0000.nii.gz"))[:2]
     settings = InferenceSettings(tile_step_size=1.0, mirror_axes=(), channels_last=False, device="cpu",
-                                 preprocessing_workers=1, export_workers=1)
+                                 preprocessing_workers=1, export_workers=1, resample_on_device=False)
     predictor = build_predictor(smoke_workflow / MODEL, [0], "checkpoint_final.pth", settings)
     try:
         probabilities = predict_images(predictor, images, tmp_path / "out", settings)
@@ -146,7 +147,7 @@ def test_training_validation_and_prediction_give_the_same_masks_and_probabilitie
     assert validation
 
     settings = InferenceSettings(tile_step_size=0.5, mirror_axes=(), channels_last=False, device="cpu",
-                                 preprocessing_workers=1, export_workers=1)
+                                 preprocessing_workers=1, export_workers=1, resample_on_device=False)
     predictor = build_predictor(model, [0], checkpoint, settings)
     images = [root / "raw" / "Dataset501_PancreasQuiz" / "imagesTr" / f"{key}_0000.nii.gz" for key in validation]
     try:
@@ -167,3 +168,51 @@ def test_training_validation_and_prediction_give_the_same_masks_and_probabilitie
         assert np.array_equal(logits.argmax(0).numpy(), labels), key
         assert np.allclose(predictor.last_class_probabilities, probabilities, atol=1e-6), key
 
+
+def _predict_both_ways(model: Path, images: list[Path], out: Path, lesion_prior_threshold=None):
+    """Masks and class probabilities with nnU-Net's CPU export and with the torch resampling (on the CPU here)."""
+    results = {}
+    for on_device in (False, True):
+        settings = InferenceSettings(tile_step_size=0.5, mirror_axes=(), channels_last=False, device="cpu",
+                                     preprocessing_workers=1, export_workers=1, resample_on_device=on_device)
+        predictor = build_predictor(model, [0], "checkpoint_final.pth", settings)
+        assert predictor.resample_on_device is on_device
+        try:
+            probabilities = predict_images(predictor, images, out / str(on_device), settings, lesion_prior_threshold)
+        finally:
+            predictor.close()
+        results[on_device] = probabilities, dict(predictor.lesion_prior_changes)
+    return results
+
+
+def _whole_dice_per_case(out: Path, images: list[Path]) -> dict[str, float]:
+    dices = {}
+    for image in images:
+        name = image.name.replace("_0000.nii.gz", ".nii.gz")
+        a, b = (np.asarray(nib.load(out / str(flag) / name).dataobj) for flag in (False, True))
+        assert_same_geometry(out / "True" / name, image)
+        assert (a > 0).any() or (b > 0).any(), f"{name}: no pancreas predicted either way, nothing compared"
+        dices[name] = dice(a > 0, b > 0)
+    return dices
+
+
+def test_resampling_on_the_device_gives_nnunets_masks_and_the_same_prior(smoke_workflow, tmp_path):
+    """The torch export path (a GPU's, run on the CPU here) against nnU-Net's, lesion-presence prior on."""
+    images = sorted((smoke_workflow / "results" / "nnunet" / "raw" / "Dataset501_PancreasQuiz" / "imagesTr")
+                    .glob("*_0000.nii.gz"))[:3]
+    results = _predict_both_ways(smoke_workflow / MODEL, images, tmp_path, lesion_prior_threshold=0.5)
+    dices = _whole_dice_per_case(tmp_path, images)
+    assert min(dices.values()) >= 0.99, dices
+    (cpu, cpu_prior), (torch_path, torch_prior) = results[False], results[True]
+    assert cpu_prior.keys() == torch_prior.keys()
+    for case in cpu:
+        assert np.array_equal(cpu[case], torch_path[case])  # the class head does not see the export
+
+
+def test_resampling_on_the_device_agrees_with_nnunet_on_real_ct(smoke_workflow, real_sample_dir, tmp_path):
+    """Real spacings (anisotropic: nnU-Net's separate-z path) through the torch export: whole-pancreas Dice
+    >= 0.99 per case against nnU-Net's export."""
+    images = sorted((real_sample_dir / "test").glob("quiz_*_0000.nii.gz"))[:2]
+    _predict_both_ways(smoke_workflow / MODEL, images, tmp_path)
+    dices = _whole_dice_per_case(tmp_path, images)
+    assert min(dices.values()) >= 0.99, dices

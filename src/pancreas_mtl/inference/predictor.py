@@ -37,7 +37,15 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from torch._dynamo import OptimizedModule
 
 from pancreas_mtl.data.labels import LESION_LABEL
-from pancreas_mtl.inference.workers import WORKERS_MODULE, export_case, preprocess_case, timed_in_worker
+from pancreas_mtl.inference import device_resampling
+from pancreas_mtl.inference.lesion_prior import lesion_output_channel
+from pancreas_mtl.inference.workers import (
+    WORKERS_MODULE,
+    export_case,
+    export_cropped_labels,
+    preprocess_case,
+    timed_in_worker,
+)
 
 # A tile with no predicted lesion still votes a little, so a case without lesion gets a defined answer.
 MIN_TILE_WEIGHT = 1e-3
@@ -59,11 +67,14 @@ class MultiTaskPredictor(nnUNetPredictor):
         perform_everything_on_device: bool = True,
         device: torch.device = torch.device("cuda"),
         channels_last: bool = False,
+        resample_on_device: bool = False,
         verbose: bool = False,
         allow_tqdm: bool = False,
     ):
         """``mirror_axes``: ``()`` no test-time mirroring, ``None`` all axes the model allows (nnU-Net's default),
-        or a tuple of spatial axes."""
+        or a tuple of spatial axes. ``resample_on_device``: resample the logits back to the input grid on
+        ``device`` with torch (:mod:`~pancreas_mtl.inference.device_resampling`), where the plans allow it;
+        otherwise the export workers run nnU-Net's CPU resampling."""
         super().__init__(
             tile_step_size=tile_step_size, use_gaussian=use_gaussian, use_mirroring=mirror_axes != (),
             perform_everything_on_device=perform_everything_on_device, device=device, verbose=verbose,
@@ -71,6 +82,7 @@ class MultiTaskPredictor(nnUNetPredictor):
         )
         self.requested_mirror_axes = mirror_axes
         self.channels_last = channels_last
+        self.resample_on_device = resample_on_device
         self.has_classification_head = False
         self.class_probabilities: dict[str, np.ndarray] = {}
         self.lesion_prior_changes: dict[str, dict] = {}
@@ -142,6 +154,7 @@ class MultiTaskPredictor(nnUNetPredictor):
         """
         preprocess = self._pool("preprocess", preprocessing_workers)
         export = self._pool("export", export_workers)
+        on_device = self.resample_on_device and device_resampling.supports(self.configuration_manager)
         pending = [
             preprocess.apply_async(timed_in_worker, (preprocess_case, str(image), self.plans_manager,
                                                      self.configuration_manager, self.dataset_json))
@@ -153,19 +166,37 @@ class MultiTaskPredictor(nnUNetPredictor):
                 (data, properties), preprocessing_seconds = job.get()
                 self._current_case = Path(ofile).name
                 start = time.perf_counter()
-                logits = self.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu().numpy()
-                self.case_seconds[self._current_case] = {"preprocessing_seconds": preprocessing_seconds,
-                                                         "compute_seconds": time.perf_counter() - start}
-                exports.append((self._current_case, export.apply_async(timed_in_worker, (
-                    export_case, logits, properties, self.configuration_manager, self.plans_manager,
-                    self.dataset_json, ofile, lesion_prior_threshold))))
+                logits = self.predict_logits_from_preprocessed_data(torch.from_numpy(data))
+                computed = time.perf_counter()
+                seconds = {"preprocessing_seconds": preprocessing_seconds, "compute_seconds": computed - start}
+                if on_device:
+                    task = (export_cropped_labels, *self._labels_on_device(logits, properties, lesion_prior_threshold),
+                            properties, self.plans_manager, self.dataset_json, ofile, lesion_prior_threshold)
+                else:
+                    task = (export_case, logits.cpu().numpy(), properties, self.configuration_manager,
+                            self.plans_manager, self.dataset_json, ofile, lesion_prior_threshold)
+                seconds["export_seconds"] = time.perf_counter() - computed  # here; the worker's part is added
+                self.case_seconds[self._current_case] = seconds
+                exports.append((self._current_case, export.apply_async(timed_in_worker, task)))
         finally:
             # a later call on bare preprocessed data must not file its probabilities under the last case's name
             self._current_case = None
         for case, job in exports:
-            change, self.case_seconds[case]["export_seconds"] = job.get()
+            change, worker_seconds = job.get()
+            self.case_seconds[case]["export_seconds"] += worker_seconds
             if change["added_voxels"]:
                 self.lesion_prior_changes[case] = change
+
+    def _labels_on_device(self, logits: torch.Tensor, properties: dict,
+                          lesion_prior_threshold: float | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The labels on the cropped input's grid, resampled on the device, and the lesion probabilities the
+        lesion-presence prior needs (None without it)."""
+        label_manager = self.plans_manager.get_label_manager(self.dataset_json)
+        labels, probabilities = device_resampling.segmentation_on_input_crop(
+            logits.to(self.device), properties, self.plans_manager, self.configuration_manager, label_manager)
+        if lesion_prior_threshold is None:
+            return labels, None
+        return labels, probabilities[lesion_output_channel(label_manager)].float().cpu().numpy()
 
     # ------------------------------------------------------------------ per-case bookkeeping
     def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False, num_processes_segmentation_export: int = 2):

@@ -29,6 +29,7 @@ class InferenceSettings:
     device: str
     preprocessing_workers: int
     export_workers: int
+    resample_on_device: bool | str  # "auto": where the device is a GPU
 
     @classmethod
     def from_config(cls, values: dict, threads: int = 1) -> "InferenceSettings":
@@ -43,6 +44,11 @@ class InferenceSettings:
 
     def torch_device(self) -> torch.device:
         return torch.device(resolve_device(self.device))
+
+    def resamples_on_device(self) -> bool:
+        if self.resample_on_device == "auto":
+            return self.torch_device().type == "cuda"
+        return bool(self.resample_on_device)
 
 
 def workers_for_threads(threads: int) -> int:
@@ -71,6 +77,7 @@ def build_predictor(
         tile_step_size=settings.tile_step_size,
         mirror_axes=settings.mirror_axes,
         channels_last=settings.channels_last,
+        resample_on_device=settings.resamples_on_device(),
         device=settings.torch_device(),
     )
     if start_workers:  # they start up (import nnU-Net) while this process loads the weights

@@ -1,0 +1,42 @@
+"""Resampling the logits back to the input grid with torch agrees with nnU-Net's CPU resampling."""
+
+import numpy as np
+import pytest
+import torch
+from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+from pancreas_mtl.inference.device_resampling import resample_to_shape, supports
+
+
+@pytest.mark.parametrize(
+    "shape, new_shape, spacing, new_spacing",
+    [
+        ((3, 20, 30, 40), (25, 45, 33), (1.0, 1.0, 1.0), (0.8, 0.67, 1.2)),  # isotropic: trilinear
+        ((3, 12, 40, 50), (30, 52, 61), (4.0, 0.8, 0.8), (1.6, 0.62, 0.66)),  # anisotropic: in-plane, then z
+        ((3, 48, 60, 60), (16, 50, 70), (1.0, 0.8, 0.8), (3.0, 0.96, 0.69)),  # target anisotropic, z shrinks
+        ((3, 10, 30, 40), (40, 30, 40), (5.0, 1.0, 1.0), (1.25, 1.0, 1.0)),  # along z only
+        ((3, 40, 12, 50), (44, 30, 52), (0.8, 4.0, 0.8), (0.7, 1.6, 0.75)),  # low-resolution axis in the middle
+        ((3, 20, 30, 40), (20, 30, 40), (1.0, 1.0, 1.0), (1.0, 1.0, 1.0)),  # nothing to do
+    ],
+)
+def test_torch_resampling_gives_nnunets_logits_and_labels(shape, new_shape, spacing, new_spacing):
+    logits = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    expected = resample_data_or_seg_to_shape(logits, new_shape, spacing, new_spacing, is_seg=False, order=1,
+                                             order_z=0, force_separate_z=None)
+    resampled = resample_to_shape(torch.from_numpy(logits), new_shape, spacing, new_spacing, order=1, order_z=0)
+    assert resampled.shape == expected.shape
+    assert np.abs(resampled.numpy() - expected).max() < 1e-4
+    assert np.array_equal(resampled.numpy().argmax(0), expected.argmax(0))
+
+
+def test_plans_with_tricubic_probability_resampling_keep_nnunets_path():
+    def configuration(order):
+        return ConfigurationManager({
+            "architecture": {}, "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": order, "order_z": 0,
+                                                   "force_separate_z": None},
+        })
+
+    assert supports(configuration(1)) and supports(configuration(0))
+    assert not supports(configuration(3))
