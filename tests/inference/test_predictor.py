@@ -216,3 +216,39 @@ def test_resampling_on_the_device_agrees_with_nnunet_on_real_ct(smoke_workflow, 
     _predict_both_ways(smoke_workflow / MODEL, images, tmp_path)
     dices = _whole_dice_per_case(tmp_path, images)
     assert min(dices.values()) >= 0.99, dices
+
+
+def test_the_device_export_writes_nnunets_masks_and_prior_for_a_case_without_a_predicted_lesion(
+        smoke_workflow, tmp_path):
+    """Export functions called directly: nnU-Net's CPU export against the torch resampling + cropped export, on logits
+    whose lesion channel never wins, so that the lesion-presence prior has to add the lesion on both paths."""
+    from pancreas_mtl.inference.device_resampling import segmentation_on_input_crop
+    from pancreas_mtl.inference.lesion_prior import lesion_output_channel
+    from pancreas_mtl.inference.workers import export_case, export_cropped_labels, preprocess_case
+
+    settings = InferenceSettings(tile_step_size=0.5, mirror_axes=(), channels_last=False, device="cpu",
+                                 preprocessing_workers=1, export_workers=1, resample_on_device=False)
+    predictor = build_predictor(smoke_workflow / MODEL, [0], "checkpoint_final.pth", settings, start_workers=False)
+    image = sorted((smoke_workflow / "results" / "nnunet" / "raw" / "Dataset501_PancreasQuiz" / "imagesTr")
+                   .glob("*_0000.nii.gz"))[0]
+    pm, cm, dj = predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json
+    data, properties = preprocess_case(str(image), pm, cm, dj)
+    logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).clone()
+    label_manager = pm.get_label_manager(dj)
+    lesion = lesion_output_channel(label_manager)
+    # below every other channel: linear resampling (non-negative weights) keeps it below, so the lesion never wins
+    others = torch.cat([logits[:lesion], logits[lesion + 1:]]).min(0).values
+    logits[lesion] = torch.minimum(logits[lesion], others - 1.0)
+
+    cpu = export_case(logits.numpy(), properties, cm, pm, dj, str(tmp_path / "cpu"), 0.5)
+    labels, probabilities = segmentation_on_input_crop(logits, properties, pm, cm, label_manager)
+    moved = export_cropped_labels(labels, probabilities[lesion].float().numpy(), properties, pm, dj,
+                                  str(tmp_path / "device"), 0.5)
+    assert cpu["added_voxels"] > 0 and moved["added_voxels"] > 0
+    assert abs(cpu["added_voxels"] - moved["added_voxels"]) <= 0.01 * cpu["added_voxels"]
+    a, b = (np.asarray(nib.load(tmp_path / f"{name}.nii.gz").dataobj) for name in ("cpu", "device"))
+    assert_same_geometry(tmp_path / "device.nii.gz", image)
+    assert dice(a == 2, b == 2) >= 0.99 and dice(a > 0, b > 0) >= 0.99
+    for name in ("cpu", "device"):  # the mask before the prior is kept beside, without lesion
+        before = np.asarray(nib.load(tmp_path / "without_lesion_prior" / f"{name}.nii.gz").dataobj)
+        assert not (before == 2).any()

@@ -36,9 +36,10 @@ def supports(configuration_manager) -> bool:
 
 
 def resample_to_shape(data: torch.Tensor, new_shape, current_spacing, new_spacing, order: int = 1,
-                      order_z: int = 0, force_separate_z: bool | None = None,
+                      order_z: int = 0, force_separate_z: bool | None = False,
                       separate_z_anisotropy_threshold: float = ANISO_THRESHOLD) -> torch.Tensor:
-    """``resample_data_or_seg_to_shape(data, ..., is_seg=False)`` for a (c, x, y, z) tensor, on its device."""
+    """``resample_data_or_seg_to_shape(data, ..., is_seg=False)`` for a (c, x, y, z) tensor, on its device: computed
+    in float32 and returned in the input's dtype, as nnU-Net returns it (its logits are float16)."""
     new_shape = tuple(int(s) for s in new_shape)
     if tuple(data.shape[1:]) == new_shape:
         return data
@@ -47,7 +48,7 @@ def resample_to_shape(data: torch.Tensor, new_shape, current_spacing, new_spacin
     volume = data.float()[None]  # (1, c, x, y, z)
     if not do_separate_z:
         return F.interpolate(volume, size=new_shape, mode=TORCH_MODES[order][1],
-                             **_corners(TORCH_MODES[order][1]))[0]
+                             **_corners(TORCH_MODES[order][1]))[0].to(data.dtype)
     # in-plane, slice by slice along the low-resolution axis, then along that axis
     slices = volume[0].movedim(axis + 1, 0)  # (n_slices, c, a, b)
     in_plane = tuple(s for i, s in enumerate(new_shape) if i != axis)
@@ -56,7 +57,7 @@ def resample_to_shape(data: torch.Tensor, new_shape, current_spacing, new_spacin
     if volume.shape[2:] != new_shape:
         mode = TORCH_MODES[order_z][1]
         volume = F.interpolate(volume, size=new_shape, mode=mode, **_corners(mode))
-    return volume[0]
+    return volume[0].to(data.dtype)
 
 
 def _corners(mode: str) -> dict:
@@ -74,7 +75,7 @@ def segmentation_on_input_crop(logits: torch.Tensor, properties: dict, plans_man
         [spacing_transposed[0], *configuration_manager.spacing]
     kwargs = configuration_manager.configuration["resampling_fn_probabilities_kwargs"]
     resampled = resample_to_shape(logits, shape, current_spacing, spacing_transposed, kwargs.get("order", 3),
-                                  kwargs.get("order_z", 0), kwargs.get("force_separate_z"))
+                                  kwargs.get("order_z", 0), kwargs.get("force_separate_z", False))
     probabilities = label_manager.apply_inference_nonlin(resampled)
     labels = label_manager.convert_probabilities_to_segmentation(probabilities)
     return labels.to(torch.uint8).cpu().numpy(), probabilities

@@ -27,6 +27,7 @@ predictor: the segmentation arithmetic is nnU-Net's own.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import time
 from pathlib import Path
@@ -46,6 +47,8 @@ from pancreas_mtl.inference.workers import (
     preprocess_case,
     timed_in_worker,
 )
+
+log = logging.getLogger(__name__)
 
 # A tile with no predicted lesion still votes a little, so a case without lesion gets a defined answer.
 MIN_TILE_WEIGHT = 1e-3
@@ -87,6 +90,7 @@ class MultiTaskPredictor(nnUNetPredictor):
         self.class_probabilities: dict[str, np.ndarray] = {}
         self.lesion_prior_changes: dict[str, dict] = {}
         self.case_seconds: dict[str, dict[str, float]] = {}
+        self.worker_peak_rss_mb = 0.0
         self.last_class_probabilities: np.ndarray | None = None
         self._current_case: str | None = None
         self._tile_class_logits: list[torch.Tensor] = []
@@ -120,9 +124,10 @@ class MultiTaskPredictor(nnUNetPredictor):
     # ------------------------------------------------------------------ the serving loop
     def _pool(self, name: str, processes: int):
         if name not in self._pools:
-            # Workers fork from one server process that imported only the workers' module (3.9 s of imports here,
-            # against 5.8 s in every spawned worker, which re-imports the caller's main module too); the server is
-            # a fresh process, so forking from it is safe beside CUDA and OpenMP.
+            # Workers fork from one server process that has imported the workers' module (3.9 s of imports here),
+            # so what each worker still imports (the caller's main module) is mostly loaded already, instead of
+            # every spawned worker importing all of it (5.8 s here); the server is a fresh process, so forking
+            # from it is safe beside CUDA and OpenMP.
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload([WORKERS_MODULE])
             self._pools[name] = context.Pool(max(1, processes))
@@ -163,16 +168,25 @@ class MultiTaskPredictor(nnUNetPredictor):
         exports = []
         try:
             for job, ofile in zip(pending, output_files_truncated):
-                (data, properties), preprocessing_seconds = job.get()
+                (data, properties), preprocessing_seconds, worker_rss = job.get()
+                self.worker_peak_rss_mb = max(self.worker_peak_rss_mb, worker_rss)
                 self._current_case = Path(ofile).name
                 start = time.perf_counter()
                 logits = self.predict_logits_from_preprocessed_data(torch.from_numpy(data))
                 computed = time.perf_counter()
                 seconds = {"preprocessing_seconds": preprocessing_seconds, "compute_seconds": computed - start}
+                task = None
                 if on_device:
-                    task = (export_cropped_labels, *self._labels_on_device(logits, properties, lesion_prior_threshold),
-                            properties, self.plans_manager, self.dataset_json, ofile, lesion_prior_threshold)
-                else:
+                    try:
+                        task = (export_cropped_labels,
+                                *self._labels_on_device(logits, properties, lesion_prior_threshold), properties,
+                                self.plans_manager, self.dataset_json, ofile, lesion_prior_threshold)
+                    except torch.cuda.OutOfMemoryError:
+                        # like nnU-Net's sliding window: a case too large for the device goes the CPU way
+                        log.warning("%s: out of device memory resampling the logits; nnU-Net's CPU export takes it",
+                                    self._current_case)
+                        torch.cuda.empty_cache()
+                if task is None:
                     task = (export_case, logits.cpu().numpy(), properties, self.configuration_manager,
                             self.plans_manager, self.dataset_json, ofile, lesion_prior_threshold)
                 seconds["export_seconds"] = time.perf_counter() - computed  # here; the worker's part is added
@@ -182,8 +196,9 @@ class MultiTaskPredictor(nnUNetPredictor):
             # a later call on bare preprocessed data must not file its probabilities under the last case's name
             self._current_case = None
         for case, job in exports:
-            change, worker_seconds = job.get()
+            change, worker_seconds, worker_rss = job.get()
             self.case_seconds[case]["export_seconds"] += worker_seconds
+            self.worker_peak_rss_mb = max(self.worker_peak_rss_mb, worker_rss)
             if change["added_voxels"]:
                 self.lesion_prior_changes[case] = change
 

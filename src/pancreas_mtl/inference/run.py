@@ -80,9 +80,9 @@ def build_predictor(
         resample_on_device=settings.resamples_on_device(),
         device=settings.torch_device(),
     )
-    if start_workers:  # they start up (import nnU-Net) while this process loads the weights
-        predictor.start_workers(settings.preprocessing_workers, settings.export_workers)
     try:
+        if start_workers:  # they start up (import nnU-Net) while this process loads the weights
+            predictor.start_workers(settings.preprocessing_workers, settings.export_workers)
         predictor.initialize_from_trained_model_folder(str(model_folder), tuple(folds), checkpoint_name)
         if not predictor.has_classification_head:
             raise TypeError(

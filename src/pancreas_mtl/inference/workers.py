@@ -5,6 +5,7 @@ Kept in a module of its own that imports no more than these need, since every wo
 
 from __future__ import annotations
 
+import resource
 import time
 from pathlib import Path
 
@@ -25,10 +26,11 @@ WORKERS_MODULE = __name__
 
 
 def timed_in_worker(function, *args):
-    """``function(*args)`` and the seconds it took, measured in the worker that ran it."""
+    """``function(*args)``, the seconds it took and the worker's peak resident memory so far (MiB), measured in the
+    worker that ran it (a parent's RUSAGE_CHILDREN does not see workers forked from a server)."""
     start = time.perf_counter()
     result = function(*args)
-    return result, time.perf_counter() - start
+    return result, time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def preprocess_case(image: str, plans_manager, configuration_manager, dataset_json) -> tuple[np.ndarray, dict]:
