@@ -206,12 +206,11 @@ class MultiTaskPredictor(nnUNetPredictor):
                           lesion_prior_threshold: float | None) -> tuple[np.ndarray, np.ndarray | None]:
         """The labels on the cropped input's grid, resampled on the device, and the lesion probabilities the
         lesion-presence prior needs (None without it)."""
-        label_manager = self.plans_manager.get_label_manager(self.dataset_json)
         labels, probabilities = device_resampling.segmentation_on_input_crop(
-            logits.to(self.device), properties, self.plans_manager, self.configuration_manager, label_manager)
+            logits.to(self.device), properties, self.plans_manager, self.configuration_manager, self.label_manager)
         if lesion_prior_threshold is None:
             return labels, None
-        return labels, probabilities[lesion_output_channel(label_manager)].float().cpu().numpy()
+        return labels, probabilities[lesion_output_channel(self.label_manager)].float().cpu().numpy()
 
     # ------------------------------------------------------------------ per-case bookkeeping
     def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False, num_processes_segmentation_export: int = 2):
