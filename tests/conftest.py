@@ -12,6 +12,12 @@
 * ``real_sample_dir``: the real sample's ``data`` folder; skips unless ``PANCREAS_MTL_REAL_SAMPLE``
   points at the real-sample folder (the ``data`` folder's parent).
 * ``real_sample_quiz_dir``: a full quiz layout symlinked from the real sample (a test construction).
+* ``accelerator_standin``: the predictors' device tensors become tensors that refuse ``.numpy()`` and pickling
+  until copied to the host with ``.cpu()``, as on a GPU (``tests/accelerator.py`` says what it models and what
+  not). Code that runs on a device (training-time validation, the device export, the benchmark rows) is tested
+  through it, so a CUDA-only defect fails a CPU test.
+* Tests marked ``gpu`` (``tests/gpu/``) need CUDA: they are reported as skipped, with the reason, where torch sees
+  no GPU. Run them on a GPU machine with ``pytest -m gpu``.
 """
 
 from __future__ import annotations
@@ -247,9 +253,14 @@ def smoke_workflow(tmp_path_factory) -> Path:
     """The whole workflow run once by real Snakemake on the smoke config (.test/config_smoke.yaml).
 
     Session-scoped: many tests read its outputs (conversion, plans, both training stages, ...).
+    ``PANCREAS_MTL_SMOKE_WORKFLOW=<folder>`` reuses a finished run of the same code instead (it takes 15 minutes
+    on 2 cores); CI never sets it.
     """
     from tests.workflow_helpers import copy_workflow, run_snakemake, snakemake_output
 
+    reuse = os.environ.get("PANCREAS_MTL_SMOKE_WORKFLOW")
+    if reuse:  # a developer's shortcut: a finished smoke run of the same code, e.g. a previous session's
+        return Path(reuse)
     workdir = copy_workflow(tmp_path_factory.mktemp("smoke") / "workflow")
     result = run_snakemake(
         workdir, "--cores", "2", "--configfile", ".test/config_smoke.yaml", "--show-failed-logs", timeout=1500
@@ -257,3 +268,22 @@ def smoke_workflow(tmp_path_factory) -> Path:
     if result.returncode != 0:
         pytest.fail(f"smoke workflow failed:\n{snakemake_output(result)[-6000:]}")
     return workdir
+
+
+@pytest.fixture
+def accelerator_standin(monkeypatch):
+    from tests.accelerator import install
+
+    return install(monkeypatch)
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_tests = [item for item in items if "gpu" in item.keywords]
+    if not gpu_tests:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False); run with pytest -m gpu")
+        for item in gpu_tests:
+            item.add_marker(skip)

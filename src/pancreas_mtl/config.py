@@ -61,9 +61,31 @@ def config_problems(config: dict[str, Any], schema: dict) -> list[str]:
     return problems
 
 
+def gpu_problems(config: dict[str, Any]) -> list[str]:
+    """Settings that pass the schema but contradict each other about a training job's GPUs."""
+    training, resources = config["training"], config["resources"]
+    num_gpus, declared = training["num_gpus"], resources["train_gpus"]
+    problems = []
+    if num_gpus > 1 and declared != num_gpus:
+        problems.append(
+            f"training.num_gpus is {num_gpus} but resources.train_gpus is {declared}: a job that trains on "
+            f"{num_gpus} GPUs must ask for {num_gpus} (set both to the same number)"
+        )
+    elif num_gpus == 1 and declared > 1:
+        problems.append(
+            f"resources.train_gpus is {declared} but training.num_gpus is 1: the job would hold {declared} GPUs "
+            "and train on one (set training.num_gpus to use them, or resources.train_gpus to 1)"
+        )
+    if num_gpus > 1 and training["device"] == "cpu":
+        problems.append(f"training.num_gpus is {num_gpus} but training.device is cpu")
+    return problems
+
+
 def check_config(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
     """Validate (and default-fill) the workflow config; raise a readable error listing every problem."""
     problems = config_problems(config, load_schema(schema_path))
+    if not problems:
+        problems = gpu_problems(config)
     if problems:
         raise UserInputError(f"invalid configuration (checked against {schema_path})", problems)
     return config

@@ -252,3 +252,52 @@ def test_the_device_export_writes_nnunets_masks_and_prior_for_a_case_without_a_p
     for name in ("cpu", "device"):  # the mask before the prior is kept beside, without lesion
         before = np.asarray(nib.load(tmp_path / "without_lesion_prior" / f"{name}.nii.gz").dataobj)
         assert not (before == 2).any()
+
+
+def test_the_accelerator_standin_refuses_host_conversions_until_copied(accelerator_standin):
+    """The stand-in can fail: a marked tensor refuses numpy and pickling as a CUDA tensor does; .cpu() frees it."""
+    import pickle
+
+    from tests.accelerator import on_accelerator
+
+    tensor = on_accelerator(torch.arange(6.0).reshape(2, 3))
+    derived = torch.softmax(tensor * 2, dim=0).argmax(0)  # what is computed from a device tensor stays there
+    for marked in (tensor, derived):
+        with pytest.raises(TypeError, match="cuda:0 device type tensor to numpy"):
+            marked.numpy()
+        with pytest.raises(TypeError, match="cuda:0 device type tensor to numpy"):
+            np.asarray(marked)
+        with pytest.raises(TypeError, match="pickled"):
+            pickle.dumps(marked)
+    assert derived.sum().item() == 3  # .item() works on a GPU too
+    assert np.array_equal(derived.cpu().numpy(), [1, 1, 1]) and accelerator_standin.host_copies == 1
+
+
+def test_the_device_export_runs_under_the_accelerator_standin(smoke_workflow, tmp_path, accelerator_standin):
+    """Defect: the GPU export took nnU-Net's argmax, which calls .numpy() on the device's probabilities (a
+    TypeError on CUDA, which the out-of-memory fallback did not catch). Under the stand-in it must write the masks
+    nnU-Net's CPU export writes, copying to the host explicitly."""
+    images = sorted((smoke_workflow / "results" / "nnunet" / "raw" / "Dataset501_PancreasQuiz" / "imagesTr")
+                    .glob("*_0000.nii.gz"))[:2]
+    _predict_both_ways(smoke_workflow / MODEL, images, tmp_path, lesion_prior_threshold=0.5)
+    assert accelerator_standin.host_copies > 0
+    dices = _whole_dice_per_case(tmp_path, images)
+    assert min(dices.values()) >= 0.99, dices
+
+
+def test_every_benchmark_row_runs_under_the_accelerator_standin(smoke_workflow, tmp_path, accelerator_standin):
+    """The six benchmark rows, in this process, with the device export: each computes, and writes its masks."""
+    from pancreas_mtl.inference.benchmark import ROWS, run_path
+
+    images = sorted((smoke_workflow / "results" / "nnunet" / "raw" / "Dataset501_PancreasQuiz" / "imagesTs")
+                    .glob("*_0000.nii.gz"))[:1]
+    assert images
+    settings = InferenceSettings(tile_step_size=0.5, mirror_axes=(), channels_last=False, device="cpu",
+                                 preprocessing_workers=1, export_workers=1, resample_on_device=True)
+    for row in ROWS:
+        result = run_path(row, smoke_workflow / MODEL, [0], "checkpoint_final.pth", images, tmp_path, settings,
+                          repeats=0)
+        assert result["per_case"][0]["compute_seconds"] > 0, row
+        if row != "one_pass":  # the compute-only bound writes nothing
+            assert (tmp_path / row / images[0].name.replace("_0000", "")).is_file(), row
+    assert accelerator_standin.host_copies > 0

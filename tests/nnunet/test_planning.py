@@ -111,3 +111,19 @@ def test_dataset_id_is_read_back_from_the_folder_name():
     assert dataset_id_of("Dataset501_PancreasQuiz") == 501
     with pytest.raises(ValueError, match="not an nnU-Net dataset name"):
         dataset_id_of("PancreasQuiz")
+
+
+def test_several_gpus_train_a_configuration_with_a_batch_per_gpu():
+    """Defect: nnU-Net splits the configuration's batch over the GPUs (batch 2 on 3 GPUs: its assertion). With
+    several GPUs the workflow trains an inherited configuration whose batch is batch_size_per_gpu x GPUs."""
+    from pancreas_mtl.nnunet.planning import multi_gpu_configuration, training_configuration_name
+
+    assert training_configuration_name("3d_cpu_demo", 1) == "3d_cpu_demo"
+    name = training_configuration_name("3d_cpu_demo", 3)
+    plans = plans_with(derive_small_configuration(PARENT, **SMALL, patch_size=None))
+    for per_gpu, batch in ((None, 6), (4, 12)):
+        plans["configurations"][name] = multi_gpu_configuration("3d_cpu_demo", 2, 3, per_gpu)
+        child = PlansManager(plans).get_configuration(name)
+        assert child.batch_size == batch
+        small = PlansManager(plans).get_configuration("3d_cpu_demo")
+        assert child.network_arch_init_kwargs == small.network_arch_init_kwargs  # only the batch changes

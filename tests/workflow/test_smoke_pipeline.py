@@ -218,3 +218,32 @@ def test_summary_names_the_cases_that_selected_the_checkpoint(smoke_workflow):
     assert metrics["checkpoint_selection_cases"] == {str(fold): splits[fold]["val"] for fold in (0, 1)}
     validation = set(pd.read_csv(smoke_workflow / "results" / "metrics" / "segmentation_per_case.csv")["case_id"])
     assert not validation & {c for cases in metrics["checkpoint_selection_cases"].values() for c in cases}
+
+
+def test_each_epoch_logged_its_iteration_time_and_data_wait(smoke_workflow):
+    """Each epoch's seconds per iteration and share spent waiting for data, in nnU-Net's log and its per-epoch
+    logging (which W&B gets too)."""
+    config = smoke_config(smoke_workflow)
+    for trainer, stage in [("nnUNetTrainerPancreasSeg", "stage1"), ("nnUNetTrainerPancreasMultiTask", "stage2")]:
+        folder = fold_folder(smoke_workflow, trainer)
+        logging = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
+        seconds, share = logging["train_iteration_seconds"], logging["train_data_wait_share"]
+        assert len(seconds) == len(share) == config["training"][stage]["num_epochs"]
+        assert all(s > 0 for s in seconds) and all(0 <= w <= 1 for w in share)
+        log = next(folder.glob("training_log_*.txt")).read_text()
+        assert re.search(r"\d+\.\d+ s per iteration, \d+\.\d% of it waiting for data", log)
+
+
+def test_stage2_compiled_on_the_cpu_and_finished_its_final_validation(smoke_workflow):
+    """The smoke config compiles stage 2 (nnU-Net alone never compiles on a CPU); nnU-Net's final validation, run
+    on the uncompiled network, finished."""
+    config = smoke_config(smoke_workflow)
+    assert config["training"]["stage2"]["compile"] is True
+    for trainer, compiled in [("nnUNetTrainerPancreasSeg", False), ("nnUNetTrainerPancreasMultiTask", True)]:
+        folder = fold_folder(smoke_workflow, trainer)
+        log = next(folder.glob("training_log_*.txt")).read_text()
+        assert ("Using torch.compile" in log) is compiled
+        if compiled:
+            graphs = int(re.search(r"torch\.compile: (\d+) graphs compiled", log)[1])
+            assert graphs > 0
+        assert "Mean Validation Dice" in log and (folder / "validation" / "summary.json").is_file()

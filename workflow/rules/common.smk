@@ -14,6 +14,7 @@ os.environ.update(
 
 from pancreas_mtl.config import check_config  # noqa: E402
 from pancreas_mtl.nnunet.environment import dataset_folder_name  # noqa: E402
+from pancreas_mtl.nnunet.planning import training_configuration_name  # noqa: E402
 from pancreas_mtl.nnunet.trainer_names import STAGE1_TRAINER  # noqa: E402
 from pancreas_mtl.nnunet.trainer_names import STAGE2_TRAINERS  # noqa: E402
 from pancreas_mtl.training.selection import CHECKPOINT_FILES  # noqa: E402
@@ -43,7 +44,11 @@ PREPROCESSED_DATA = "nnUNetPlans_3d_fullres"
 
 STAGE2_TRAINER = STAGE2_TRAINERS[config["training"]["head"]]
 TRAINED_DATASET = f"{NNUNET_ROOT}/trained/{DATASET}"
-_PLANS_AND_CONFIGURATION = f"{PLANS_NAME}__{config['nnunet']['configuration']}"
+# The configuration the models train on (with several GPUs, one inheriting it with a per-GPU batch).
+TRAIN_CONFIGURATION = training_configuration_name(
+    config["nnunet"]["configuration"], config["training"]["num_gpus"]
+)
+_PLANS_AND_CONFIGURATION = f"{PLANS_NAME}__{TRAIN_CONFIGURATION}"
 STAGE1_MODEL = f"{TRAINED_DATASET}/{STAGE1_TRAINER}__{_PLANS_AND_CONFIGURATION}"
 STAGE2_MODEL = f"{TRAINED_DATASET}/{STAGE2_TRAINER}__{_PLANS_AND_CONFIGURATION}"
 REAL_SCALE_MODEL = "results/benchmark/real_scale/untrained_model"

@@ -23,7 +23,7 @@ rule evaluate_validation:
             "checkpoint": INFERENCE_CHECKPOINT,
             "folds": FOLDS,
             "head": config["training"]["head"],
-            "configuration": config["nnunet"]["configuration"],
+            "configuration": TRAIN_CONFIGURATION,
             "inference": config["inference"],
         },
     script:

@@ -21,5 +21,8 @@ rule plan_and_preprocess:
         planner=config["nnunet"]["planner"],
         plans_name=PLANS_NAME,
         cpu_configuration=config["nnunet"]["cpu_configuration"],
+        configuration=config["nnunet"]["configuration"],
+        num_gpus=config["training"]["num_gpus"],
+        batch_size_per_gpu=config["nnunet"]["batch_size_per_gpu"],
     script:
         "../scripts/plan_and_preprocess.py"

@@ -13,6 +13,9 @@ def main():
         cpu_configuration=params.cpu_configuration,
         splits_json=snakemake.input.splits,
         n_processes=snakemake.threads,
+        configuration=params.configuration,
+        num_gpus=params.num_gpus,
+        batch_size_per_gpu=params.batch_size_per_gpu,
     )
 
 

@@ -3,7 +3,11 @@ from pathlib import Path
 
 from pancreas_mtl.inference.run import lesion_prior_threshold
 from pancreas_mtl.nnunet.environment import NnunetFolders
-from pancreas_mtl.nnunet.train_command import train_stage, wandb_run_folders
+from pancreas_mtl.nnunet.train_command import (
+    augmentation_workers_per_gpu,
+    train_stage,
+    wandb_run_folders,
+)
 from pancreas_mtl.script_logging import run_logged
 from pancreas_mtl.training.settings import stage_settings
 
@@ -30,7 +34,9 @@ def main():
         Path(params.model_folder) / f"training_settings_{params.stage}_fold{fold}.json",
         device=training["device"],
         num_gpus=training["num_gpus"],
-        data_augmentation_workers=snakemake.threads,
+        data_augmentation_workers=augmentation_workers_per_gpu(
+            training["data_augmentation_workers"], snakemake.threads, training["num_gpus"]
+        ),
         wandb=params.wandb,
     )
     for run in wandb_run_folders(fold_folder):

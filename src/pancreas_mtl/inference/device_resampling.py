@@ -77,5 +77,15 @@ def segmentation_on_input_crop(logits: torch.Tensor, properties: dict, plans_man
     resampled = resample_to_shape(logits, shape, current_spacing, spacing_transposed, kwargs.get("order", 3),
                                   kwargs.get("order_z", 0), kwargs.get("force_separate_z", False))
     probabilities = label_manager.apply_inference_nonlin(resampled)
-    labels = label_manager.convert_probabilities_to_segmentation(probabilities)
-    return labels.to(torch.uint8).cpu().numpy(), probabilities
+    return segmentation_on_device(label_manager, probabilities).cpu().numpy(), probabilities
+
+
+def segmentation_on_device(label_manager, probabilities: torch.Tensor) -> torch.Tensor:
+    """nnU-Net's ``convert_probabilities_to_segmentation`` for a tensor on any device, as uint8 on that device.
+
+    nnunetv2 2.8.1 takes the argmax of softmax outputs in numpy (``.numpy()`` on the tensor), which raises for a
+    tensor on a GPU; its region branch is torch and stays as it is. The argmax here picks, like numpy's, the first
+    of equal maxima."""
+    if label_manager.has_regions:
+        return label_manager.convert_probabilities_to_segmentation(probabilities).to(torch.uint8)
+    return probabilities.argmax(0).to(torch.uint8)

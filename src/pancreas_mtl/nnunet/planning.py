@@ -91,6 +91,21 @@ def derive_small_configuration(
     return child
 
 
+def training_configuration_name(configuration: str, num_gpus: int) -> str:
+    """The configuration a training of ``num_gpus`` GPUs runs: the chosen one, or with several GPUs the one
+    :func:`multi_gpu_configuration` derives from it."""
+    return configuration if num_gpus <= 1 else f"{configuration}_{num_gpus}gpus"
+
+
+def multi_gpu_configuration(parent_name: str, parent_batch_size: int, num_gpus: int,
+                            batch_size_per_gpu: int | None) -> dict:
+    """nnU-Net splits a configuration's batch over the DDP ranks (and asserts batch >= GPUs): a configuration that
+    ``inherits_from`` the chosen one with ``batch_size_per_gpu`` (default: the parent's batch) times ``num_gpus``,
+    as nnU-Net's documentation raises the batch for several GPUs."""
+    per_gpu = parent_batch_size if batch_size_per_gpu is None else int(batch_size_per_gpu)
+    return {"inherits_from": parent_name, "batch_size": per_gpu * int(num_gpus)}
+
+
 def add_configuration(plans_file: str | Path, name: str, configuration: dict) -> None:
     """Add (or replace) one configuration in an nnU-Net plans file, written atomically."""
     plans_file = Path(plans_file)
@@ -116,14 +131,23 @@ def load_planned_configuration(plans_file: str | Path, name: str = PARENT_CONFIG
 
 
 def plan_dataset(folders: NnunetFolders, dataset: str, planner: str, plans_name: str,
-                 cpu_configuration: dict, splits_json: str | Path, n_processes: int) -> Path:
+                 cpu_configuration: dict, splits_json: str | Path, n_processes: int,
+                 configuration: str | None = None, num_gpus: int = 1,
+                 batch_size_per_gpu: int | None = None) -> Path:
     """Plan and preprocess one raw dataset (``DatasetNNN_Name``), add the small CPU configuration to its plans
-    and install its splits; returns the plans file."""
+    (and, for a training of ``num_gpus`` > 1 on ``configuration``, its multi-GPU configuration), and install its
+    splits; returns the plans file."""
     dataset_dir = folders.preprocessed / dataset
     plan_and_preprocess(folders, dataset_id_of(dataset), planner=planner, n_processes=n_processes)
     plans_file = dataset_dir / f"{plans_name}.json"
     small = dict(cpu_configuration)
     name = small.pop("name")
     add_configuration(plans_file, name, derive_small_configuration(load_planned_configuration(plans_file), **small))
+    if configuration is not None and num_gpus > 1:
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        parent_batch = PlansManager(str(plans_file)).get_configuration(configuration).batch_size
+        add_configuration(plans_file, training_configuration_name(configuration, num_gpus),
+                          multi_gpu_configuration(configuration, parent_batch, num_gpus, batch_size_per_gpu))
     install_splits(splits_json, dataset_dir)
     return plans_file

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from pancreas_mtl.nnunet.environment import NnunetFolders, resolve_device, run_nnunet_command
@@ -27,6 +28,14 @@ def wandb_environment(enabled: bool, mode: str, project: str) -> dict[str, str]:
     }
 
 
+def augmentation_workers_per_gpu(setting: int | str, threads: int, num_gpus: int) -> int:
+    """nnU-Net's augmentation workers of each training process (``nnUNet_n_proc_DA``, read by every DDP rank):
+    the setting, or with ``auto`` the job's threads shared over its GPUs (at least 1)."""
+    if setting != "auto":
+        return int(setting)
+    return max(1, threads // max(1, num_gpus))
+
+
 def train_stage(
     folders: NnunetFolders,
     dataset_id: int,
@@ -41,9 +50,14 @@ def train_stage(
     data_augmentation_workers: int,
     wandb: dict,
 ) -> float:
-    """Train (or resume: ``--c`` continues from the latest checkpoint) one stage; returns seconds taken."""
-    settings.write(settings_file)
+    """Train (or resume: ``--c`` continues from the latest checkpoint) one stage; returns seconds taken.
+
+    ``data_augmentation_workers`` is per training process (per GPU under DDP). The stage's ``compile`` setting
+    ``auto`` becomes on for CUDA, off elsewhere, as nnU-Net decides it."""
     device = resolve_device(device)
+    if settings.compile == "auto":
+        settings = replace(settings, compile=device == "cuda")
+    settings.write(settings_file)
     args = [
         "nnUNetv2_train", str(dataset_id), configuration, str(fold),
         "-tr", trainer, "-p", plans_name, "-device", device, "--c",
@@ -55,12 +69,16 @@ def train_stage(
         "nnUNet_n_proc_DA": str(data_augmentation_workers),
         # nnU-Net's final validation otherwise opens 8 export processes (about 1 GB each) whatever the job's size.
         "nnUNet_def_n_proc": str(data_augmentation_workers),
+        # The trainers compile by their settings; nnU-Net's predictors compile what they are given when this is
+        # set, so it stays off: inference inside training runs on the uncompiled network.
+        "nnUNet_compile": "0",
         **wandb_environment(**wandb),
     }
     start = time.perf_counter()
     run_nnunet_command(args, folders.environment(**extra), f"nnUNetv2_train {trainer}")
     seconds = time.perf_counter() - start
-    log.info("%s fold %s on %s took %.1f s", trainer, fold, device, seconds)
+    log.info("%s fold %s on %s (%d GPU(s), %d augmentation workers each, compile %s) took %.1f s", trainer, fold,
+             device, num_gpus, data_augmentation_workers, settings.compile, seconds)
     return seconds
 
 

@@ -40,6 +40,9 @@ class TrainingSettings:
     full_validation_tile_step: float
     full_validation_mirroring: bool
     checkpoint_every: int
+    # torch.compile of the training network: True/False, or "auto" for nnU-Net's choice (CUDA only); the train
+    # command resolves "auto" for the job's device.
+    compile: bool | str
     # From the training section: torch's seed (weights, dropout) and the data sampling's (crops, augmentation).
     seed: int
     sampling_seed: int
@@ -62,6 +65,8 @@ class TrainingSettings:
     def __post_init__(self):
         if self.optimizer not in (None, "sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {self.optimizer!r}")
+        if self.compile not in (True, False, "auto"):
+            raise ValueError(f"compile must be true, false or 'auto', not {self.compile!r}")
         if self.classification_loss not in (None, "ce", "focal"):
             raise ValueError(f"classification_loss must be 'ce' or 'focal', not {self.classification_loss!r}")
 

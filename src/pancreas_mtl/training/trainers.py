@@ -28,25 +28,31 @@ import json
 import math
 import os
 import random
+import time
+from contextlib import contextmanager
 from os.path import join
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import (
     NonDetMultiThreadedAugmenter,
 )
+from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as nnunet_trainer_module
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from sklearn.metrics import f1_score
 from torch import autocast, nn
 from torch._dynamo import OptimizedModule
+from torch._dynamo.utils import counters as dynamo_counters
 from torch.nn.parallel import DistributedDataParallel
 
 from pancreas_mtl.data.case_table import case_subtypes
 from pancreas_mtl.data.labels import LESION_LABEL, NUM_SUBTYPES, SUBTYPES
 from pancreas_mtl.evaluation.segmentation import dice
+from pancreas_mtl.inference.device_resampling import segmentation_on_device
 from pancreas_mtl.inference.lesion_prior import (
     apply_lesion_presence_prior,
     lesion_output_channel,
@@ -82,6 +88,64 @@ FULL_VALIDATION_LOG_KEYS = {
 LATEST_CHECKPOINT = "checkpoint_latest.pth"
 PREVIOUS_CHECKPOINT = "checkpoint_latest.previous.pth"
 
+# Per-epoch log keys of how the training loop spent its time: seconds per iteration, and the share of the
+# epoch's training time spent waiting for the next batch of the augmentation workers (a starving GPU shows here).
+ITERATION_SECONDS_KEY = "train_iteration_seconds"
+DATA_WAIT_SHARE_KEY = "train_data_wait_share"
+# Augmentation worker seeds: sampling_seed * SEED_STRIDE + loader offset + rank * RANK_SEED_STRIDE + worker index.
+SEED_STRIDE, LOADER_SEED_OFFSETS, RANK_SEED_STRIDE, MAX_WORKERS_PER_LOADER = 10_000, (0, 1000), 100, 100
+
+
+class TimedLoader:
+    """An augmenter whose ``next()`` adds the seconds it blocked to ``waited``: the time the training step waited
+    for data. On a GPU the step ends synchronised (its loss comes back to the host), so the wait is not hidden
+    behind queued kernels."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.waited = 0.0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        start = time.perf_counter()
+        try:
+            return next(self.loader)
+        finally:
+            self.waited += time.perf_counter() - start
+
+
+def world_size() -> int:
+    """Processes of the DDP training (1 without DDP)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gathered(values: list) -> list:
+    """``values`` of every DDP rank, concatenated in rank order (``values`` itself without DDP)."""
+    if world_size() == 1:
+        return values
+    per_rank = [None] * world_size()
+    dist.all_gather_object(per_rank, values)
+    return [v for rank_values in per_rank for v in rank_values]
+
+
+@contextmanager
+def _cpu_ddp_wrapping():
+    """nnunetv2 2.8.1 wraps the network as ``DDP(network, device_ids=[rank])`` inside ``initialize``, which torch
+    refuses for a module on the CPU (gloo, as the test suite runs DDP). For that call only, the CPU module is wrapped
+    without device ids; GPU training never enters here."""
+    original = nnunet_trainer_module.DDP
+
+    def wrap(module, device_ids=None, **kwargs):
+        return original(module, **kwargs)
+
+    nnunet_trainer_module.DDP = wrap
+    try:
+        yield
+    finally:
+        nnunet_trainer_module.DDP = original
+
 
 class ValidationCase(NamedTuple):
     labels: np.ndarray  # predicted, preprocessed space
@@ -108,13 +172,18 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
         self, plans: dict, configuration: str, fold: int, dataset_json: dict, device: torch.device = torch.device("cuda")
     ):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.is_ddp and device.type == "cpu":
+            # nnU-Net moves every DDP rank to cuda:rank; DDP over gloo on the CPU (the test suite's) stays there
+            self.device, self.grad_scaler = device, None
         self.settings = TrainingSettings.from_environment()
         s = self.settings
-        # Before initialize() builds the network: torch's seed sets its initial weights (and dropout); the
-        # sampling seed sets nnU-Net's numpy-driven crops and augmentation (see get_dataloaders for the workers).
+        # Before initialize() builds the network: torch's seed sets its initial weights (and dropout), the same on
+        # every DDP rank; the sampling seed sets nnU-Net's numpy-driven crops and augmentation, its own per rank
+        # (rank 0 keeps the single-process seed; see get_dataloaders for the workers).
         torch.manual_seed(s.seed)
-        random.seed(s.sampling_seed)
-        np.random.seed(s.sampling_seed)
+        rank_sampling_seed = s.sampling_seed + 100_003 * self.local_rank
+        random.seed(rank_sampling_seed)
+        np.random.seed(rank_sampling_seed)
         self.num_epochs = s.num_epochs
         self.num_iterations_per_epoch = s.iterations_per_epoch
         self.num_val_iterations_per_epoch = s.val_iterations_per_epoch
@@ -135,15 +204,44 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
     # ------------------------------------------------------------------ settings hooks
     def _extra_log_keys(self) -> list[str]:
         return [FULL_VALIDATION_LOG_KEYS[k] for k in ("whole_dice", "lesion_dice", "combined")] + [
-            "train_lesion_patch_share"
+            "train_lesion_patch_share", ITERATION_SECONDS_KEY, DATA_WAIT_SHARE_KEY,
         ]
 
     def _set_batch_size_and_oversample(self):
+        if self.is_ddp and self.configuration_manager.batch_size < world_size():
+            raise RuntimeError(
+                f"configuration {self.configuration_name!r} has batch size {self.configuration_manager.batch_size}, "
+                f"fewer samples than the {world_size()} GPUs nnU-Net splits it over: train a configuration with a "
+                "larger batch (the workflow derives one per GPU count: nnunet.batch_size_per_gpu)"
+            )
         super()._set_batch_size_and_oversample()
+        if self.probabilistic_oversampling:
+            # nnU-Net gives each rank the forced share of its slice of the batch (0 or 1 at one sample per GPU); a
+            # sample that draws whether it is forced means the same on every rank, so each keeps the setting
+            self.oversample_foreground_percent = self.settings.oversample_foreground_percent
         cap = self.settings.batch_size_cap
         if cap is not None and self.batch_size > cap:
             self.print_to_log_file(f"batch size capped from {self.batch_size} to {cap}")
             self.batch_size = cap
+
+    def _do_i_compile(self) -> bool:
+        """The stage's ``compile`` setting; with ``auto`` nnU-Net's choice (on CUDA only, ``nnUNet_compile``). The
+        workflow resolves auto itself, so true compiles on a CPU too."""
+        if self.settings.compile == "auto":
+            return super()._do_i_compile()
+        return self.settings.compile
+
+    def initialize(self):
+        if self.is_ddp and self.device.type == "cpu":
+            with _cpu_ddp_wrapping():
+                super().initialize()
+        else:
+            super().initialize()
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        # nnU-Net reaches the decoder through self.network.module under DDP; the final validation runs on the
+        # unwrapped network, so go by type
+        self.plain_network().decoder.deep_supervision = enabled
 
     def plain_network(self) -> nn.Module:
         """The network without DDP / torch.compile wrappers."""
@@ -168,12 +266,40 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
     def get_dataloaders(self):
         loaders = super().get_dataloaders()
         # nnU-Net starts its augmentation workers with seeds=None: each would seed itself from the OS. Restart
-        # them with seeds derived from the sampling seed (batches still arrive in the order the workers finish).
-        for offset, loader in zip((0, 1000), loaders):
+        # them with seeds derived from the sampling seed and the DDP rank (batches still arrive in the order the
+        # workers finish).
+        for offset, loader in zip(LOADER_SEED_OFFSETS, loaders):
             if isinstance(loader, NonDetMultiThreadedAugmenter):
-                loader.seeds = [self.settings.sampling_seed * 10_000 + offset + i for i in range(loader.num_processes)]
+                loader.seeds = self.augmentation_seeds(offset, loader.num_processes)
                 loader.restart()
         return loaders
+
+    def augmentation_seeds(self, loader_offset: int, num_processes: int) -> list[int]:
+        """One seed per augmentation worker, distinct over workers, loaders and DDP ranks (up to 10 ranks)."""
+        if num_processes > MAX_WORKERS_PER_LOADER or self.local_rank >= SEED_STRIDE // 1000:
+            raise RuntimeError(f"seeds are laid out for <= {MAX_WORKERS_PER_LOADER} workers and <= 10 DDP ranks")
+        base = self.settings.sampling_seed * SEED_STRIDE + loader_offset + self.local_rank * RANK_SEED_STRIDE
+        return [base + i for i in range(num_processes)]
+
+    # ------------------------------------------------------------------ iteration time and data wait
+    def on_train_start(self):
+        super().on_train_start()
+        self.dataloader_train = TimedLoader(self.dataloader_train)
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self.dataloader_train.waited = 0.0
+        self._train_epoch_started = time.perf_counter()
+
+    def on_train_end(self):
+        if isinstance(self.dataloader_train, TimedLoader):  # nnU-Net shuts its own augmenter down by type
+            self.dataloader_train = self.dataloader_train.loader
+        super().on_train_end()  # deletes checkpoint_latest.pth: the finished training needs no fallback either
+        if self.local_rank == 0:
+            Path(self.output_folder, PREVIOUS_CHECKPOINT).unlink(missing_ok=True)
+        if self._do_i_compile():
+            graphs = dynamo_counters["stats"]["unique_graphs"]
+            self.print_to_log_file(f"torch.compile: {graphs} graphs compiled in this process")
 
     def train_step(self, batch: dict) -> dict:
         lesion_voxels = lesion_voxels_per_sample(batch["target"], self.label_manager)
@@ -183,10 +309,19 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
         return {"lesion_patch_share": (lesion_voxels > 0).float().mean().item()}
 
     def on_train_epoch_end(self, train_outputs: list[dict]):
+        seconds = time.perf_counter() - self._train_epoch_started
         super().on_train_epoch_end(train_outputs)
         share = float(np.mean([o["lesion_patch_share"] for o in train_outputs]))
         self.logger.log("train_lesion_patch_share", share, self.current_epoch)
         self.print_to_log_file(f"share of training patches holding lesion: {share:.3f}")
+        iteration_seconds = seconds / max(1, len(train_outputs))
+        wait_share = self.dataloader_train.waited / seconds if seconds > 0 else 0.0
+        self.logger.log(ITERATION_SECONDS_KEY, iteration_seconds, self.current_epoch)
+        self.logger.log(DATA_WAIT_SHARE_KEY, wait_share, self.current_epoch)
+        self.print_to_log_file(
+            f"{iteration_seconds:.3f} s per iteration, {100 * wait_share:.1f}% of it waiting for data"
+            + (" (the augmentation workers do not keep up: see README, 'Feeding the GPU')" if wait_share > 0.2 else "")
+        )
 
     # ------------------------------------------------------------------ full-volume validation
     def _is_full_validation_epoch(self) -> bool:
@@ -206,16 +341,25 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
             self.plain_network(), self.plans_manager, self.configuration_manager, None, self.dataset_json,
             self.__class__.__name__, self.inference_allowed_mirroring_axes,
         )
+        # With nnUNet_compile set, nnU-Net's manual_initialization compiles what it is given, again in every round:
+        # the validation runs on the plain network (compiling is lazy, so nothing was compiled yet)
+        predictor.network = unwrap_network(predictor.network)
         return predictor
+
+    def validation_keys(self) -> list[str]:
+        """This rank's share of the validation cases (every case without DDP), as nnU-Net's final validation
+        shards them."""
+        _, val_keys = self.do_split()
+        return list(val_keys)[self.local_rank::world_size()]
 
     def predict_validation_cases(self) -> dict[str, ValidationCase]:
         """Predicted labels (preprocessed space), class probabilities (None in stage 1) and reference labels of
-        every validation case."""
+        this rank's validation cases (:meth:`validation_keys`)."""
         net = self.plain_network()
         was_training = net.training
         net.eval()
         self.set_deep_supervision_enabled(False)
-        _, val_keys = self.do_split()
+        val_keys = self.validation_keys()
         dataset = self.dataset_class(
             self.preprocessed_dataset_folder, val_keys,
             folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage,
@@ -228,7 +372,7 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
                 data, seg, _, _ = dataset.load_case(key)
                 logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.asarray(data[:])))
                 probabilities = self.label_manager.apply_inference_nonlin(logits)
-                labels = self.label_manager.convert_probabilities_to_segmentation(probabilities).cpu().numpy()
+                labels = segmentation_on_device(self.label_manager, probabilities).cpu().numpy()
                 if threshold is not None:  # as the exported predictions get it
                     lesion = probabilities[lesion_output_channel(self.label_manager)].float().cpu().numpy()
                     labels = apply_lesion_presence_prior(labels, lesion, relative_threshold=threshold).labels
@@ -239,14 +383,18 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
         return results
 
     def run_full_validation(self) -> dict[str, float]:
-        """Whole-pancreas and lesion Dice (and macro-F1 in stage 2) over every full validation volume."""
-        whole, lesion, predicted, truth = [], [], [], []
-        for key, case in self.predict_validation_cases().items():
-            whole.append(dice(case.labels > 0, case.reference > 0))
-            lesion.append(dice(case.labels == LESION_LABEL, case.reference == LESION_LABEL))
-            if self.multitask:
-                predicted.append(int(np.argmax(case.class_probabilities)))
-                truth.append(self.case_subtypes[key])
+        """Whole-pancreas and lesion Dice (and macro-F1 in stage 2) over every full validation volume. Under DDP
+        each rank predicts its share and every rank gets the same metrics (so all select alike, in step)."""
+        per_case = [
+            (
+                dice(case.labels > 0, case.reference > 0),
+                dice(case.labels == LESION_LABEL, case.reference == LESION_LABEL),
+                int(np.argmax(case.class_probabilities)) if self.multitask else None,
+                self.case_subtypes[key] if self.multitask else None,
+            )
+            for key, case in self.predict_validation_cases().items()
+        ]
+        whole, lesion, predicted, truth = (list(column) for column in zip(*gathered(per_case)))
         metrics = {"whole_dice": float(np.mean(whole)), "lesion_dice": float(np.mean(lesion))}
         if self.multitask:
             metrics["macro_f1"] = float(
@@ -264,7 +412,7 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
 
     def on_epoch_end(self):
         metrics = None
-        if self.local_rank == 0 and self._is_full_validation_epoch():
+        if self._is_full_validation_epoch():
             metrics = self.run_full_validation()
             self.print_to_log_file("full validation: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         for score, key in FULL_VALIDATION_LOG_KEYS.items():
@@ -281,11 +429,14 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
         """nnU-Net's checkpoint, written to a temporary file and renamed into place, so a job killed while
         writing (time limit, preemption, OOM killer) leaves the previous file whole. The checkpoint_latest.pth
         it replaces stays (hard link) as checkpoint_latest.previous.pth: the fallback of :meth:`load_checkpoint`.
+        Only rank 0 writes (nnU-Net's rule); the other ranks, and a run with checkpointing disabled, never touch
+        the files, a ``.partial`` left by a kill included.
         """
+        if self.local_rank != 0 or self.disable_checkpointing:
+            super().save_checkpoint(filename)  # writes nothing here; nnU-Net logs the disabled case
+            return
         partial = f"{filename}.partial"
         super().save_checkpoint(partial)
-        if not os.path.isfile(partial):  # not rank 0, or checkpointing disabled
-            return
         target = Path(filename)
         if target.name == LATEST_CHECKPOINT and target.is_file():
             previous = target.with_name(PREVIOUS_CHECKPOINT)
@@ -293,10 +444,16 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
             os.link(target, previous)
         os.replace(partial, target)
 
-    def on_train_end(self):
-        super().on_train_end()  # deletes checkpoint_latest.pth: the finished training needs no fallback either
-        if self.local_rank == 0:
-            Path(self.output_folder, PREVIOUS_CHECKPOINT).unlink(missing_ok=True)
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        """nnU-Net's final validation (nnunetv2 2.8.1), sharded over the DDP ranks as there, on the network without
+        its DDP and torch.compile wrappers: nnU-Net builds its predictor on ``self.network``, and the compiled
+        multi-task network recompiled for every new input shape (an H100 had not finished its first case after
+        45 s). No narrower hook hands the predictor its network."""
+        wrapped, self.network = self.network, self.plain_network()
+        try:
+            super().perform_actual_validation(save_probabilities)
+        finally:
+            self.network = wrapped
 
     def readable_checkpoint(self, filename: str) -> str:
         """``filename`` if torch can load it, else the newest readable fallback (checkpoint_latest.pth, then
