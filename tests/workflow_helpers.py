@@ -22,7 +22,9 @@ def copy_workflow(target: Path) -> Path:
 
 
 def snakemake_cli() -> list[str]:
-    return [str(Path(sys.executable).parent / "snakemake")]
+    """Snakemake beside this interpreter (the project's venv), else the one on PATH (a --target install)."""
+    beside = Path(sys.executable).parent / "snakemake"
+    return [str(beside) if beside.is_file() else shutil.which("snakemake") or str(beside)]
 
 
 def run_snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
