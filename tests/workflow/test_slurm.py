@@ -73,6 +73,33 @@ def test_set_resources_names_workflow_rules():
     assert not landed, f"remove {landed} from FUTURE_RULES in {Path(__file__).name}: they exist now"
 
 
+def readme_cluster_command() -> list[str]:
+    """The command README's "Running on a cluster" gives for the real data, as arguments."""
+    section = (REPO / "README.md").read_text().split("## Running on a cluster", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"^snakemake --profile profiles/slurm.*$", section, flags=re.M)
+    assert len(commands) == 1, f"README's cluster section should give one snakemake command: {commands}"
+    return commands[0].split()
+
+
+def test_readme_cluster_command_asks_for_gpus(tmp_path):
+    """Defect: README's cluster command ran the CPU demo config (the GPU resources are only in real_data.yaml),
+    which sent training to the GPU partition with 0 GPUs. A dry run of the command, through the real profile and
+    plugin, on a quiz folder of empty files: every GPU rule asks for one GPU."""
+    workdir = copy_workflow(tmp_path / "workflow")
+    for rel in ["train/subtype0/quiz_0_001_0000.nii.gz", "train/subtype0/quiz_0_001.nii.gz",
+                "test/quiz_002_0000.nii.gz"]:
+        (workdir / "data" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / "data" / rel).write_bytes(b"")
+    result = run_snakemake(workdir, *readme_cluster_command()[1:], "-n")
+    out = snakemake_output(result)
+    assert result.returncode == 0, out
+    resources = dict(re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", out, flags=re.M))
+    gpu_rules = ["train_stage1", "train_stage2", "predict_split", "benchmark_inference"]
+    for rule in gpu_rules:
+        assert rule in resources, f"{rule} is not planned:\n{out}"
+        assert re.search(r"\bgpu=1\b", resources[rule]) and "slurm_partition=gpu" in resources[rule], (rule, resources[rule])
+
+
 # ---- opt-in: a real SLURM cluster on this machine -------------------------------------------------------
 
 slurm_only = pytest.mark.skipif(
