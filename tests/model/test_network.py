@@ -288,6 +288,27 @@ def test_guidance_resampled_by_average_pooling():
     torch.testing.assert_close(head._resample(g, (4, 4, 4)), torch.nn.functional.avg_pool3d(g, 2))
 
 
+def test_roi_attention_pools_in_fp32_under_autocast():
+    """Defect: under mixed precision (nnU-Net's autocast on CUDA; here CPU autocast to fp16, which lists bmm too) the
+    pooling ran in fp16. A 64^3 stage whose ROI holds 16^3 voxels gives each background voxel a weight of about
+    2e-8, below fp16's smallest step (6e-8): the context outside the ROI vanished from the pooled features."""
+    head = RoiAttentionPoolingHead([1], [0], hidden=16, include_global_context=False).eval()  # as training starts
+    head.mlp = torch.nn.Identity()  # the head's output is then its pooled features
+    size, roi = 64, slice(24, 40)
+    feat = torch.ones(1, 1, size, size, size)  # the background's feature: 1; the ROI's: 0
+    feat[..., roi, roi, roi] = 0
+    probs = torch.zeros(1, 3, size, size, size)
+    probs[:, 0] = 1
+    probs[:, :, roi, roi, roi] = torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1, 1)
+    with torch.no_grad():
+        reference = head([feat], probs)
+        with torch.autocast("cpu", dtype=torch.float16):
+            pooled = head([feat], probs)
+    assert 0.005 < reference.item() < 0.01  # the background's share of the attention
+    assert pooled.dtype == torch.float32
+    torch.testing.assert_close(pooled, reference, rtol=1e-5, atol=0)
+
+
 # ----------------------------------------------------------------------------------------------- weight loading
 
 

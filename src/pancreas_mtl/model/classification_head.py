@@ -245,7 +245,10 @@ class RoiAttentionPoolingHead(_StageHeadBase):
             b, c = f.shape[:2]
             w = self._weights(k, f, g)  # (B, N)
             flat = f.reshape(b, c, -1).float()
-            pooled.append(torch.bmm(flat, w.unsqueeze(-1)).squeeze(-1))  # (B, C)
+            # Autocast runs bmm in fp16, where attention weights of about 1/N (N voxels: tens of thousands) lose
+            # most of their digits or underflow to zero: the pooling stays in fp32.
+            with torch.autocast(flat.device.type, enabled=False):
+                pooled.append(torch.bmm(flat, w.unsqueeze(-1)).squeeze(-1))  # (B, C)
         if self.include_global_context:
             pooled.append(sel[-1].float().flatten(2).mean(-1))
         return self.mlp(torch.cat(pooled, dim=1))
