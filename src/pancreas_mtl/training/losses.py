@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from pancreas_mtl.data.labels import NUM_SUBTYPES
@@ -27,11 +28,18 @@ class SubtypeLoss(nn.Module):
 
     ``counts`` (optional, one 0/1 value per sample): which samples count, e.g. those whose patch holds the
     lesion; the mean runs over them, and a batch where none counts gives a zero loss (still differentiable).
+
+    ``across_ranks`` (DDP training): the mean runs over the samples that count on every rank, as it would over
+    the joined batch in one process. DDP averages the ranks' gradients, so each rank divides its sum by the
+    count of all ranks over their number; a per-rank mean would give a counting sample on a rank whose
+    neighbours count none half its weight (two ranks, one sample each). Every rank must then call the loss
+    at every step (an all-reduce of the counts), as DDP's own backward requires anyway.
     """
 
-    def __init__(self, gamma: float = 0.0, weight: torch.Tensor | None = None):
+    def __init__(self, gamma: float = 0.0, weight: torch.Tensor | None = None, across_ranks: bool = False):
         super().__init__()
         self.gamma = gamma
+        self.across_ranks = across_ranks
         self.register_buffer("weight", weight)
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -47,7 +55,13 @@ class SubtypeLoss(nn.Module):
         if counts is None:
             return loss.mean()
         counts = counts.to(loss.dtype)
-        return (loss * counts).sum() / counts.sum().clamp_min(1)
+        counted = counts.sum()
+        ranks = 1
+        if self.across_ranks and dist.is_available() and dist.is_initialized():
+            counted = counted.detach().clone()
+            dist.all_reduce(counted)
+            ranks = dist.get_world_size()
+        return (loss * counts).sum() * ranks / counted.clamp_min(1)
 
 
 class PolyLRPerParamGroup:

@@ -559,7 +559,7 @@ class nnUNetTrainerPancreasMultiTask(nnUNetTrainerPancreasSeg):
             raise RuntimeError(f"no subtype in {s.case_table} for: {', '.join(missing[:10])}")
         weight = class_weights_from_counts([self.case_subtypes[k] for k in train_keys]) if s.class_weighting else None
         gamma = s.focal_gamma if s.classification_loss == "focal" else 0.0
-        self.classification_loss = SubtypeLoss(gamma, weight).to(self.device)
+        self.classification_loss = SubtypeLoss(gamma, weight, across_ranks=self.is_ddp).to(self.device)
         self.print_to_log_file(
             f"classification loss {s.classification_loss} (gamma {gamma}), class weights {weight}, only on patches "
             f"with >= {s.min_lesion_voxels_for_subtype} lesion voxels"
