@@ -57,6 +57,7 @@ def _rank(rank: int, port: int, smoke_workflow: Path, tmp_path: Path, stage1_che
             "batch_size": trainer.batch_size,
             "oversample": trainer.oversample_foreground_percent,
             "seeds": trainer.augmentation_seeds(0, 3),
+            "wandb_loggers": [type(logger).__name__ for logger in trainer.logger.loggers],
         }
         trainer.on_train_start()
         trainer.on_train_epoch_start()
@@ -80,10 +81,14 @@ def _rank(rank: int, port: int, smoke_workflow: Path, tmp_path: Path, stage1_che
 def test_stage2_trains_validates_and_checkpoints_under_ddp(smoke_workflow, tmp_path, monkeypatch):
     """Defects: nnU-Net's DDP cannot wrap a CPU module; the full validation ran on rank 0 while the other ranks
     went on (a collective timeout on a GPU cluster); every rank's augmentation workers had the same seeds; and
-    nnU-Net's per-rank oversampling (0 or 1 at one sample per rank) replaced the probability drawn per sample."""
+    nnU-Net's per-rank oversampling (0 or 1 at one sample per rank) replaced the probability drawn per sample; and
+    nnU-Net's W&B logger ran on every rank (two writers of one offline run)."""
     stage1_checkpoint = next((smoke_workflow / "results" / "nnunet" / "trained").rglob(
         "nnUNetTrainerPancreasSeg__*/fold_0/checkpoint_best_combined.pth"))
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    monkeypatch.setenv("nnUNet_wandb_enabled", "1")  # as the workflow runs it, offline
+    monkeypatch.setenv("nnUNet_wandb_mode", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
     mp.spawn(_rank, args=(_free_port(), smoke_workflow, tmp_path, str(stage1_checkpoint)), nprocs=WORLD_SIZE,
              join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
@@ -102,3 +107,4 @@ def test_stage2_trains_validates_and_checkpoints_under_ddp(smoke_workflow, tmp_p
     assert keys[0] and keys[1] and not keys[0] & keys[1]
     assert ranks[0]["metrics"] == ranks[1]["metrics"] and "macro_f1" in ranks[0]["metrics"]
     assert not set(ranks[0]["seeds"]) & set(ranks[1]["seeds"])
+    assert ranks[0]["wandb_loggers"] == ["WandbLogger"] and ranks[1]["wandb_loggers"] == []

@@ -171,6 +171,10 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
     def __init__(
         self, plans: dict, configuration: str, fold: int, dataset_json: dict, device: torch.device = torch.device("cuda")
     ):
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            # nnU-Net builds its W&B logger on every rank (MetaLogger, in its __init__): two ranks would write one
+            # offline run, and a resumed rank 1 could look for wandb/latest-run before rank 0 made it. Rank 0 logs.
+            os.environ["nnUNet_wandb_enabled"] = "0"
         super().__init__(plans, configuration, fold, dataset_json, device)
         if self.is_ddp and device.type == "cpu":
             # nnU-Net moves every DDP rank to cuda:rank; DDP over gloo on the CPU (the test suite's) stays there
