@@ -14,6 +14,9 @@ its device are :class:`OnAccelerator` tensors:
 - ``.cpu()`` is the one way back to the host: it returns a plain tensor and is counted (``host_copies``).
   ``.to(device)`` keeps the mark: under the stand-in, the test's CPU device plays the accelerator.
 
+A training batch as the loader hands it over can be marked too (:func:`on_host`): computing on it before it is
+moved to the device raises.
+
 It does not model device mismatches between marked and plain tensors (a plain tensor created on ``self.device``
 stands for a device tensor too), nor speed or memory. Use it through the ``accelerator_standin`` fixture.
 """
@@ -49,8 +52,62 @@ class OnAccelerator(torch.Tensor):
         return super().__torch_function__(func, types, args, kwargs)
 
 
+class OnHost(torch.Tensor):
+    """A tensor of a training batch as nnU-Net's loader hands it over, in host memory: moving it to the device
+    (``.to``) gives the device copy (:class:`OnAccelerator`); computing on it raises, so a training step that
+    computes on the host before moving its batch (single-threaded, while the GPU waits) fails a CPU test."""
+
+    _MOVES = {"to", "cuda", "pin_memory"}
+    _READS = {"__get__", "size", "dim", "numel", "is_pinned", "__len__", "__repr__", "__format__"}
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in cls._MOVES:
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **kwargs).as_subclass(OnAccelerator)
+        if name in cls._READS:
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **kwargs)
+        raise TypeError(f"{name} computed on a training batch still in host memory: move the batch to the device "
+                        "first (accelerator stand-in: tests/accelerator.py)")
+
+
+def on_host(batch: dict) -> dict:
+    """A loader's batch with its data and target (a tensor or a list of them) marked :class:`OnHost`."""
+    def mark(value):
+        if isinstance(value, list):
+            return [mark(v) for v in value]
+        return value.as_subclass(OnHost) if isinstance(value, torch.Tensor) else value
+
+    return {**batch, "data": mark(batch["data"]), "target": mark(batch["target"])}
+
+
 def on_accelerator(tensor):
     return tensor.as_subclass(OnAccelerator) if isinstance(tensor, torch.Tensor) else tensor
+
+
+def loaded_onto_accelerator(loaded):
+    """What ``torch.load(..., map_location=device)`` returns on a GPU: every tensor of ``loaded`` (a checkpoint's
+    nested dicts and lists) marked as on the accelerator."""
+    if isinstance(loaded, dict):
+        return {key: loaded_onto_accelerator(value) for key, value in loaded.items()}
+    if isinstance(loaded, (list, tuple)):
+        return type(loaded)(loaded_onto_accelerator(value) for value in loaded)
+    return on_accelerator(loaded)
+
+
+def load_checkpoints_onto_accelerator(monkeypatch) -> None:
+    """``torch.load(..., map_location=<a torch.device>)``, as nnU-Net's ``load_checkpoint`` loads onto the training
+    device, returns its tensors marked as on the accelerator; a load to ``"cpu"`` (a string) stays on the host."""
+    load = torch.load
+
+    def load_onto_device(*args, **kwargs):
+        loaded = load(*args, **kwargs)
+        return loaded_onto_accelerator(loaded) if isinstance(kwargs.get("map_location"), torch.device) else loaded
+
+    monkeypatch.setattr(torch, "load", load_onto_device)
 
 
 def install(monkeypatch) -> type[OnAccelerator]:

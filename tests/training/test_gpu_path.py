@@ -79,6 +79,82 @@ def test_only_rank_zero_writes_checkpoints_and_a_stale_partial_is_never_renamed(
     assert not Path(f"{target}.partial").exists()
 
 
+@pytest.mark.slow
+def test_a_resumed_adamw_keeps_its_step_counts_on_the_host(smoke_workflow, tmp_path, monkeypatch, accelerator_standin):
+    """Defect: nnU-Net loads a checkpoint onto the training device, AdamW's step counts with it, and AdamW (neither
+    capturable nor fused) then read each count back with .item() at every step: hundreds of host synchronisations
+    per step of a resumed GPU training."""
+    from tests.accelerator import OnAccelerator, load_checkpoints_onto_accelerator
+
+    trainer = _smoke_trainer(smoke_workflow, tmp_path, monkeypatch, trainers.nnUNetTrainerPancreasSeg, "stage1",
+                             optimizer="adamw")
+    trainer.initialize()
+    for param in trainer.network.parameters():
+        param.grad = torch.zeros_like(param)
+    trainer.optimizer.step()  # AdamW's state, step counts included
+    latest = Path(trainer.output_folder) / "checkpoint_latest.pth"
+    trainer.save_checkpoint(str(latest))
+
+    load_checkpoints_onto_accelerator(monkeypatch)
+    resumed = _smoke_trainer(smoke_workflow, tmp_path, monkeypatch, trainers.nnUNetTrainerPancreasSeg, "stage1",
+                             optimizer="adamw")
+    resumed.load_checkpoint(str(latest))
+    exp_avg = [state["exp_avg"] for state in resumed.optimizer.state.values()]
+    assert all(isinstance(moment, OnAccelerator) for moment in exp_avg)  # the checkpoint did land on the device
+    steps = [state["step"] for state in resumed.optimizer.state.values()]
+    assert steps and len(steps) == len(list(resumed.network.parameters()))
+    assert all(type(step) is torch.Tensor and step.device.type == "cpu" and step.item() == 1 for step in steps)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_training_steps_count_lesion_voxels_on_the_device(smoke_workflow, tmp_path, monkeypatch, accelerator_standin,
+                                                          stage):
+    """Defect: stage 1 counted each patch's lesion voxels on the host, single-threaded, before the batch went to the
+    GPU, at every step, while the GPU waited (stage 2 counted on the device)."""
+    from tests.accelerator import on_host
+
+    trainer_class = {"stage1": trainers.nnUNetTrainerPancreasSeg, "stage2": trainers.nnUNetTrainerPancreasMultiTask}
+    stage1_checkpoint = next((smoke_workflow / "results" / "nnunet" / "trained").rglob(
+        "nnUNetTrainerPancreasSeg__*/fold_0/checkpoint_best_combined.pth"))
+    extra = {"stage1_checkpoint": str(stage1_checkpoint)} if stage == "stage2" else {}
+    trainer = _smoke_trainer(smoke_workflow, tmp_path, monkeypatch, trainer_class[stage], stage, **extra)
+    trainer.initialize()
+    train_loader, _ = trainer.get_dataloaders()
+    batch = on_host(next(train_loader))
+    with pytest.raises(TypeError, match="host memory"):  # the stand-in does catch host computation
+        batch["target"][0].sum()
+    outputs = trainer.train_step(batch)
+    assert 0.0 <= outputs["lesion_patch_share"] <= 1.0 and float(outputs["loss"]) == float(outputs["loss"])
+
+
+@pytest.mark.slow
+def test_full_validation_falls_back_to_the_cpu_when_the_device_runs_out_of_memory(smoke_workflow, tmp_path,
+                                                                                   monkeypatch, accelerator_standin):
+    """Defect: the full validation's softmax and argmax ran on the device outside any out-of-memory fallback, inside
+    the training process: one large volume ended the training (under DDP, every rank's). Here the device runs out of
+    memory for every argmax on it."""
+    from tests.accelerator import OnAccelerator
+
+    trainer = _smoke_trainer(smoke_workflow, tmp_path, monkeypatch, trainers.nnUNetTrainerPancreasSeg, "stage1",
+                             lesion_prior_threshold=0.5)
+    trainer.initialize()
+    expected = trainer.run_full_validation()
+    argmax = trainers.segmentation_on_device
+    on_device = []
+
+    def out_of_memory_on_the_device(label_manager, probabilities):
+        on_device.append(isinstance(probabilities, OnAccelerator))
+        if on_device[-1]:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB (stand-in)")
+        return argmax(label_manager, probabilities)
+
+    monkeypatch.setattr(trainers, "segmentation_on_device", out_of_memory_on_the_device)
+    assert trainer.run_full_validation() == expected
+    assert on_device and on_device[0] and on_device.count(True) == on_device.count(False)
+    assert "out of device memory in the full validation" in Path(trainer.log_file).read_text()
+
+
 def test_augmentation_workers_are_shared_over_the_gpus():
     """Defect: every DDP rank started the job's whole thread count of augmentation workers (4 GPUs, 8 threads:
     4 x 8 workers on 8 cores)."""

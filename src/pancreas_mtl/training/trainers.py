@@ -305,7 +305,19 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
             graphs = dynamo_counters["stats"]["unique_graphs"]
             self.print_to_log_file(f"torch.compile: {graphs} graphs compiled in this process")
 
+    def on_device(self, batch: dict) -> dict:
+        """The batch's data and target (a tensor, or a list under deep supervision) moved to the training device, as
+        nnU-Net's ``train_step`` moves them (it moves them again there, a no-op then)."""
+        def move(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.to(self.device, non_blocking=True)
+
+        target = batch["target"]
+        target = [move(t) for t in target] if isinstance(target, list) else move(target)
+        return {**batch, "data": move(batch["data"]), "target": target}
+
     def train_step(self, batch: dict) -> dict:
+        # the lesion count runs where the batch is, not single-threaded on the host while the GPU waits
+        batch = self.on_device(batch)
         lesion_voxels = lesion_voxels_per_sample(batch["target"], self.label_manager)
         return {**super().train_step(batch), **self._lesion_patch_outputs(lesion_voxels)}
 
@@ -375,16 +387,31 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
             for key in val_keys:
                 data, seg, _, _ = dataset.load_case(key)
                 logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.asarray(data[:])))
-                probabilities = self.label_manager.apply_inference_nonlin(logits)
-                labels = segmentation_on_device(self.label_manager, probabilities).cpu().numpy()
+                try:
+                    labels, lesion = self._validation_labels(logits, threshold is not None)
+                except torch.cuda.OutOfMemoryError:
+                    # as nnU-Net's predictor falls back for its sliding window: a volume too large for the device
+                    # goes the CPU way, where an error would end the training (and under DDP every rank's)
+                    self.print_to_log_file(f"{key}: out of device memory in the full validation's softmax and "
+                                           "argmax; computing them on the CPU")
+                    logits = logits.cpu()
+                    torch.cuda.empty_cache()
+                    labels, lesion = self._validation_labels(logits, threshold is not None)
                 if threshold is not None:  # as the exported predictions get it
-                    lesion = probabilities[lesion_output_channel(self.label_manager)].float().cpu().numpy()
                     labels = apply_lesion_presence_prior(labels, lesion, relative_threshold=threshold).labels
                 results[key] = ValidationCase(labels, predictor.last_class_probabilities, np.asarray(seg[:])[0])
         finally:
             self.set_deep_supervision_enabled(self.enable_deep_supervision)
             net.train(was_training)
         return results
+
+    def _validation_labels(self, logits: torch.Tensor, with_lesion: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Labels (host) of a case's logits, computed where the logits are, and its lesion probabilities (host) when
+        ``with_lesion``."""
+        probabilities = self.label_manager.apply_inference_nonlin(logits)
+        labels = segmentation_on_device(self.label_manager, probabilities).cpu().numpy()
+        lesion = probabilities[lesion_output_channel(self.label_manager)].float().cpu().numpy() if with_lesion else None
+        return labels, lesion
 
     def run_full_validation(self) -> dict[str, float]:
         """Whole-pancreas and lesion Dice (and macro-F1 in stage 2) over every full validation volume. Under DDP
@@ -487,6 +514,7 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
         if isinstance(filename_or_checkpoint, str):
             filename_or_checkpoint = self.readable_checkpoint(filename_or_checkpoint)
         super().load_checkpoint(filename_or_checkpoint)
+        self._optimizer_steps_to_host()
         # The best scores so far are in the per-epoch log the checkpoint restored (NaN: no full validation).
         logged = self.logger.local_logger.my_fantastic_logging
         history = [
@@ -508,6 +536,18 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
                     path.unlink(missing_ok=True)
                 self.checkpoint_selector.best[score] = -math.inf
         self.print_to_log_file(f"resumed at epoch {self.current_epoch}; best so far: {self.checkpoint_selector.best}")
+
+    def _optimizer_steps_to_host(self) -> None:
+        """nnU-Net loads a checkpoint with ``map_location=self.device``, which puts the optimizer's step counts on
+        the GPU. AdamW keeps them on the host unless it is capturable or fused; on the device, each of its steps
+        reads every count back with ``.item()``: one host synchronisation per parameter tensor."""
+        for group in self.optimizer.param_groups:
+            if group.get("capturable") or group.get("fused"):
+                continue
+            for param in group["params"]:
+                state = self.optimizer.state.get(param, {})
+                if isinstance(state.get("step"), torch.Tensor):
+                    state["step"] = state["step"].cpu()
 
 
 def _saved_epoch(path: Path) -> int | None:
@@ -616,10 +656,8 @@ class nnUNetTrainerPancreasMultiTask(nnUNetTrainerPancreasSeg):
         Overridden whole: the loss is computed inside the step with no narrower hook, and the class targets come
         from the batch's ``keys``. Everything else (autocast on CUDA, grad scaling, clipping at 12) is as there.
         """
-        data = batch["data"].to(self.device, non_blocking=True)
-        target = batch["target"]
-        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) else \
-            target.to(self.device, non_blocking=True)
+        batch = self.on_device(batch)
+        data, target = batch["data"], batch["target"]
         subtypes = torch.as_tensor([self.case_subtypes[k] for k in batch["keys"]], device=self.device)
         # A patch that misses the lesion carries no evidence of its case's subtype: it gets no class loss.
         lesion_voxels = lesion_voxels_per_sample(target, self.label_manager)
