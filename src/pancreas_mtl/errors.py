@@ -21,3 +21,8 @@ class UserInputError(Exception):
 
 class QuizDataError(UserInputError):
     """The quiz data folder does not have the expected layout or content."""
+
+
+class TrainingStopped(Exception):
+    """A training stopped on a signal after writing its checkpoint; rerunning resumes it. Printed without a
+    traceback."""

@@ -12,14 +12,16 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from pancreas_mtl.errors import UserInputError
+from pancreas_mtl.errors import TrainingStopped, UserInputError
 
 
 def setup_logging(log_path: str | Path | None) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_path, mode="w"))
+        Path(log_path).write_text("")
+        # appending: other writers may add to the file too (a training copies its earlier attempts' logs in)
+        handlers.append(logging.FileHandler(log_path, mode="a"))
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -37,6 +39,9 @@ def run_logged(main: Callable[[], None], log_path: str | Path | None) -> None:
         log.info("done in %.1f s", time.perf_counter() - start)
     except UserInputError as err:
         log.error("%s", err.render())
+        sys.exit(1)
+    except TrainingStopped as err:
+        log.error("%s", err)
         sys.exit(1)
     except Exception:
         log.exception("unexpected failure")

@@ -134,7 +134,8 @@ def test_training_validation_and_prediction_give_the_same_masks_and_probabilitie
     monkeypatch.setenv("nnUNet_raw", str(root / "raw"))
     monkeypatch.setenv("nnUNet_preprocessed", str(root / "preprocessed"))
     monkeypatch.setenv("nnUNet_results", str(tmp_path / "trained"))  # the trainer's own folder: not the smoke run's
-    monkeypatch.setenv(SETTINGS_ENV, str(model / "training_settings_stage2_fold0.json"))
+    work_fold = smoke_workflow / MODEL.replace("/trained/", "/training/") / "fold_0"
+    monkeypatch.setenv(SETTINGS_ENV, str(work_fold / "training_settings.json"))
     plans = load_json(str(model / "plans.json"))
     plans["continue_training"] = False  # what nnUNetv2_train passes
     trainer = nnUNetTrainerPancreasMultiTask(

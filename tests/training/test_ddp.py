@@ -108,3 +108,53 @@ def test_stage2_trains_validates_and_checkpoints_under_ddp(smoke_workflow, tmp_p
     assert ranks[0]["metrics"] == ranks[1]["metrics"] and "macro_f1" in ranks[0]["metrics"]
     assert not set(ranks[0]["seeds"]) & set(ranks[1]["seeds"])
     assert ranks[0]["wandb_loggers"] == ["WandbLogger"] and ranks[1]["wandb_loggers"] == []
+
+
+STOP_AFTER_STEPS = 2
+
+
+def _stopping_rank(rank: int, port: int, smoke_workflow: Path, tmp_path: Path) -> None:
+    import signal
+
+    from pancreas_mtl.training.trainers import nnUNetTrainerPancreasSeg
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
+    (tmp_path / f"rank{rank}").mkdir()
+    record = {"steps": 0, "exit_code": None}
+    try:
+        trainer = _smoke_trainer(smoke_workflow, tmp_path / f"rank{rank}", _Env(), nnUNetTrainerPancreasSeg, "stage1")
+        trainer.output_folder_base = str(tmp_path / "trained" / "model")
+        trainer.output_folder = str(tmp_path / "trained" / "model" / "fold_0")
+        trainer.log_file = str(tmp_path / f"rank{rank}.log")
+        trainer.initialize()
+        trainer.on_train_start()
+        trainer.current_epoch = 3
+        trainer.on_train_epoch_start()
+        try:
+            for _ in range(10):
+                batch = next(trainer.dataloader_train)  # a stop asked for is acted on here, before the step
+                trainer.train_step(batch)
+                record["steps"] += 1
+                if rank == 1 and record["steps"] == STOP_AFTER_STEPS:
+                    os.kill(os.getpid(), signal.SIGTERM)  # only rank 1 gets the signal
+        except SystemExit as stop:
+            record["exit_code"] = stop.code
+        (tmp_path / f"rank{rank}.json").write_text(json.dumps(record))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step(smoke_workflow, tmp_path, monkeypatch):
+    """A signal that reaches one rank only (a preemption of one node's processes, a scancel of a step): every rank
+    stops before the same step, rank 0 writes checkpoint_latest.pth for the epoch in progress, and all exit with
+    the stop's exit code; none waits alone in the next collective."""
+    from pancreas_mtl.training.work_folder import STOP_RECORD, STOPPED_EXIT_CODE, saved_epoch
+
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    mp.spawn(_stopping_rank, args=(_free_port(), smoke_workflow, tmp_path), nprocs=WORLD_SIZE, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
+    assert ranks == [{"steps": STOP_AFTER_STEPS, "exit_code": STOPPED_EXIT_CODE}] * WORLD_SIZE, ranks
+    fold = tmp_path / "trained" / "model" / "fold_0"
+    assert saved_epoch(fold / "checkpoint_latest.pth") == 3  # resumes in the epoch the signal interrupted
+    assert json.loads((fold / STOP_RECORD).read_text())["epoch"] == 3

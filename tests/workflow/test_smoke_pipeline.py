@@ -23,8 +23,9 @@ def smoke_config(workdir):
     return yaml.safe_load((workdir / ".test" / "config_smoke.yaml").read_text())
 
 
-def fold_folder(workdir, trainer, fold=0):
-    return workdir / "results" / "nnunet" / "trained" / DATASET / f"{trainer}__{PLANS}__3d_cpu_demo" / f"fold_{fold}"
+def fold_folder(workdir, trainer, fold=0, root="trained"):
+    """A model's published fold folder (root "trained"), or the work folder it trained in (root "training")."""
+    return workdir / "results" / "nnunet" / root / DATASET / f"{trainer}__{PLANS}__3d_cpu_demo" / f"fold_{fold}"
 
 
 def test_every_rule_wrote_its_log_and_benchmark(smoke_workflow):
@@ -34,6 +35,8 @@ def test_every_rule_wrote_its_log_and_benchmark(smoke_workflow):
             "predict_test", "subtype_results", "submission_zip", "evaluate_validation", "benchmark_inference",
             "report_plots"]
     jobs += [f"train_{stage}_fold{fold}" for stage in ("stage1", "stage2") for fold in (0, 1)]
+    jobs += [f"final_validation_{trainer}__{PLANS}__3d_cpu_demo_fold{fold}"
+             for trainer in ("nnUNetTrainerPancreasSeg", "nnUNetTrainerPancreasMultiTask") for fold in (0, 1)]
     for job in jobs:
         assert (smoke_workflow / "logs" / f"{job}.log").stat().st_size > 0, job
         assert (smoke_workflow / "benchmarks" / f"{job}.tsv").is_file(), job
@@ -81,7 +84,10 @@ def test_both_stages_trained_the_configured_epochs(smoke_workflow, fold):
         assert all(len(values) == epochs for values in logging.values()), {k: len(v) for k, v in logging.items()}
         # full_validation_every: 1 -> a full validation in every epoch, kept in nnU-Net's own per-epoch log
         assert not np.isnan(logging["full_val_combined"]).any()
-        assert (folder / "progress.png").stat().st_size > 0
+        assert (fold_folder(smoke_workflow, trainer, fold, "training") / "progress.png").stat().st_size > 0
+        # nnU-Net's final validation ran as its own job, on the published model
+        summary = json.loads((folder / "validation" / "summary.json").read_text())
+        assert summary["foreground_mean"]["Dice"] >= 0
 
 
 def test_stage2_loaded_the_stage1_weights_and_says_so(smoke_workflow):
@@ -103,7 +109,7 @@ def test_best_f1_checkpoint_is_the_epoch_with_the_best_validation_f1(smoke_workf
 
 
 def test_wandb_logged_offline_and_the_log_names_the_run(smoke_workflow):
-    folder = fold_folder(smoke_workflow, "nnUNetTrainerPancreasMultiTask")
+    folder = fold_folder(smoke_workflow, "nnUNetTrainerPancreasMultiTask", root="training")
     runs = sorted((folder / "wandb").glob("offline-run-*"))
     assert runs, "no offline W&B run"
     assert any(runs[-1].glob("*.wandb"))
@@ -230,20 +236,23 @@ def test_each_epoch_logged_its_iteration_time_and_data_wait(smoke_workflow):
         seconds, share = logging["train_iteration_seconds"], logging["train_data_wait_share"]
         assert len(seconds) == len(share) == config["training"][stage]["num_epochs"]
         assert all(s > 0 for s in seconds) and all(0 <= w <= 1 for w in share)
-        log = next(folder.glob("training_log_*.txt")).read_text()
+        log = next(fold_folder(smoke_workflow, trainer, root="training").glob("training_log_*.txt")).read_text()
         assert re.search(r"\d+\.\d+ s per iteration, \d+\.\d% of it waiting for data", log)
 
 
 def test_stage2_compiled_on_the_cpu_and_finished_its_final_validation(smoke_workflow):
-    """The smoke config compiles stage 2 (nnU-Net alone never compiles on a CPU); nnU-Net's final validation, run
-    on the uncompiled network, finished."""
+    """The smoke config compiles stage 2 (nnU-Net alone never compiles on a CPU); nnU-Net's final validation ran
+    as a job of its own, on the published, uncompiled model, and finished."""
     config = smoke_config(smoke_workflow)
     assert config["training"]["stage2"]["compile"] is True
     for trainer, compiled in [("nnUNetTrainerPancreasSeg", False), ("nnUNetTrainerPancreasMultiTask", True)]:
-        folder = fold_folder(smoke_workflow, trainer)
-        log = next(folder.glob("training_log_*.txt")).read_text()
+        log = next(fold_folder(smoke_workflow, trainer, root="training").glob("training_log_*.txt")).read_text()
         assert ("Using torch.compile" in log) is compiled
         if compiled:
             graphs = int(re.search(r"torch\.compile: (\d+) graphs compiled", log)[1])
             assert graphs > 0
-        assert "Mean Validation Dice" in log and (folder / "validation" / "summary.json").is_file()
+        assert "final validation: skipped here" in log
+        folder = fold_folder(smoke_workflow, trainer)
+        validation_log = next(folder.glob("training_log_*.txt")).read_text()
+        assert "Using torch.compile" not in validation_log
+        assert "Mean Validation Dice" in validation_log and (folder / "validation" / "summary.json").is_file()

@@ -121,6 +121,35 @@ def checkpoint_files(model_folder, names):
     return [f"{model_folder}/fold_{{fold}}/{CHECKPOINT_FILES[n]}" for n in names]
 
 
+# The trained models by folder name (trainer__plans__configuration), with their stage and trainer.
+MODEL_STAGES = {
+    Path(STAGE1_MODEL).name: ("stage1", STAGE1_TRAINER),
+    Path(STAGE2_MODEL).name: ("stage2", STAGE2_TRAINER),
+}
+
+
+def stage_of_model(model):
+    if model not in MODEL_STAGES:
+        raise ValueError(
+            f"{model} is not a model this workflow trains ({', '.join(MODEL_STAGES)})"
+        )
+    return MODEL_STAGES[model][0]
+
+
+def trainer_of_model(model):
+    stage_of_model(model)
+    return MODEL_STAGES[model][1]
+
+
+def final_validation_summaries():
+    """nnU-Net's final validation of every trained fold of both stages."""
+    return expand(
+        f"{TRAINED_DATASET}/{{model}}/fold_{{fold}}/validation/summary.json",
+        model=list(MODEL_STAGES),
+        fold=FOLDS,
+    )
+
+
 def quiz_dir(dataset):
     if dataset == REAL_SCALE_DATASET:
         return config["benchmark"]["real_scale_quiz_dir"]
@@ -149,4 +178,5 @@ def all_targets():
         "results/benchmark/summary.json",
         "results/report/training_curves.png",
         "results/report/overlay_montage.png",
+        *final_validation_summaries(),
     ]

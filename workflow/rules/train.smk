@@ -18,7 +18,6 @@ rule train_stage1:
     params:
         stage="stage1",
         nnunet_root=lambda wildcards, input: nnunet_root_of(input.plans),
-        model_folder=lambda wildcards, output: model_folder_of(output.checkpoints[0], 2),
         dataset_id=config["nnunet"]["dataset_id"],
         configuration=TRAIN_CONFIGURATION,
         plans_name=PLANS_NAME,
@@ -51,7 +50,6 @@ rule train_stage2:
     params:
         stage="stage2",
         nnunet_root=lambda wildcards, input: nnunet_root_of(input.plans),
-        model_folder=lambda wildcards, output: model_folder_of(output.checkpoints[0], 2),
         dataset_id=config["nnunet"]["dataset_id"],
         configuration=TRAIN_CONFIGURATION,
         plans_name=PLANS_NAME,
@@ -61,6 +59,44 @@ rule train_stage2:
         wandb=config["wandb"],
     script:
         "../scripts/train_nnunet.py"
+
+
+# nnU-Net's final validation of a trained fold (nnUNetv2_train --val), a job of its own: its failure or a time
+# limit costs the validation, never the weights, and its rerun never trains.
+rule final_validation:
+    input:
+        **preprocessed(DATASET),
+        case_table=dataset_tables(DATASET)["case_table"],
+        checkpoint=f"{TRAINED_DATASET}/{{model}}/fold_{{fold}}/{CHECKPOINT_FILES['final']}",
+        stage1_checkpoint=lambda wildcards: (
+            f"{STAGE1_MODEL}/fold_{wildcards.fold}/{STAGE2_INIT_CHECKPOINT}"
+            if stage_of_model(wildcards.model) == "stage2"
+            else []
+        ),
+    output:
+        summary=f"{TRAINED_DATASET}/{{model}}/fold_{{fold}}/validation/summary.json",
+    log:
+        "logs/final_validation_{model}_fold{fold}.log",
+    benchmark:
+        "benchmarks/final_validation_{model}_fold{fold}.tsv"
+    conda:
+        "../../envs/nnunet.yaml"
+    threads: config["resources"]["train_threads"]
+    resources:
+        mem_mb=config["resources"]["train_mem_mb"],
+        runtime=config["resources"]["train_runtime_min"],
+        gpu=config["resources"]["train_gpus"],
+    params:
+        stage=lambda wildcards: stage_of_model(wildcards.model),
+        trainer=lambda wildcards: trainer_of_model(wildcards.model),
+        nnunet_root=lambda wildcards, input: nnunet_root_of(input.plans),
+        dataset_id=config["nnunet"]["dataset_id"],
+        configuration=TRAIN_CONFIGURATION,
+        plans_name=PLANS_NAME,
+        training=config["training"],
+        postprocessing=config["postprocessing"],
+    script:
+        "../scripts/validate_nnunet.py"
 
 
 # What a predictor reads beside the weights. nnU-Net's trainer writes the same two files at its start; this

@@ -5,33 +5,36 @@ from pancreas_mtl.inference.run import lesion_prior_threshold
 from pancreas_mtl.nnunet.environment import NnunetFolders
 from pancreas_mtl.nnunet.train_command import (
     augmentation_workers_per_gpu,
-    train_stage,
     wandb_run_folders,
 )
 from pancreas_mtl.script_logging import run_logged
+from pancreas_mtl.training.job import train_and_publish
 from pancreas_mtl.training.settings import stage_settings
 
 
 def main():
-    params, fold = snakemake.params, snakemake.wildcards.fold
+    params, fold, inputs = snakemake.params, snakemake.wildcards.fold, snakemake.input
     training = params.training
     extra = {
-        "case_table": str(Path(snakemake.input.case_table).resolve()),
+        "case_table": str(Path(inputs.case_table).resolve()),
         # checkpoints are selected on masks post-processed as the exported predictions are
         "lesion_prior_threshold": lesion_prior_threshold(params.postprocessing),
     }
     if params.stage == "stage2":
-        extra["stage1_checkpoint"] = str(Path(snakemake.input.stage1_checkpoint).resolve())
-    fold_folder = Path(params.model_folder) / f"fold_{fold}"
-    train_stage(
+        extra["stage1_checkpoint"] = str(Path(inputs.stage1_checkpoint).resolve())
+    checkpoints = [Path(path) for path in snakemake.output.checkpoints]
+    work = train_and_publish(
         NnunetFolders.under(params.nnunet_root),
-        params.dataset_id,
-        params.configuration,
-        fold,
-        params.trainer,
-        params.plans_name,
-        stage_settings(training, params.stage, **extra),
-        Path(params.model_folder) / f"training_settings_{params.stage}_fold{fold}.json",
+        checkpoints[0].parent,
+        [path.name for path in checkpoints],
+        {name: inputs[name] for name in ("plans", "dataset_json", "splits", "data")},
+        snakemake.log[0],
+        dataset_id=params.dataset_id,
+        configuration=params.configuration,
+        fold=fold,
+        trainer=params.trainer,
+        plans_name=params.plans_name,
+        settings=stage_settings(training, params.stage, **extra),
         device=training["device"],
         num_gpus=training["num_gpus"],
         data_augmentation_workers=augmentation_workers_per_gpu(
@@ -39,7 +42,7 @@ def main():
         ),
         wandb=params.wandb,
     )
-    for run in wandb_run_folders(fold_folder):
+    for run in wandb_run_folders(work):
         logging.getLogger("pancreas_mtl").info("W&B offline run: %s (upload later with: wandb sync %s)", run, run)
 
 

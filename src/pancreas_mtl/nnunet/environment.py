@@ -6,9 +6,11 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -21,12 +23,19 @@ TRAINER_DIR = Path(__file__).resolve().parent / "ext_trainers"
 class NnunetFolders:
     raw: Path
     preprocessed: Path
-    results: Path
+    results: Path  # nnU-Net's results root: the finished models, as predictors read them
+    # Where the models train (nnU-Net's results root while they do): outside every declared output, so nothing a
+    # retry or rerun deletes (pancreas_mtl.training.work_folder)
+    training: Path
 
     @classmethod
     def under(cls, root: str | Path) -> "NnunetFolders":
         root = Path(root)
-        return cls(root / "raw", root / "preprocessed", root / "trained")
+        return cls(root / "raw", root / "preprocessed", root / "trained", root / "training")
+
+    def for_training(self) -> "NnunetFolders":
+        """The same folders with nnU-Net's results root at the training root."""
+        return replace(self, results=self.training)
 
     def environment(self, **extra: str) -> dict[str, str]:
         """A copy of os.environ with nnU-Net's folder variables set (absolute) and ``extra`` added."""
@@ -80,23 +89,55 @@ def nnunet_executable(name: str) -> str:
     return found
 
 
-def run_nnunet_command(args: list[str], env: dict[str, str], what: str) -> None:
-    """Run an nnU-Net CLI, streaming its output into our log; a failure names the command."""
-    run_command([nnunet_executable(args[0]), *args[1:]], env, what)
+class CommandFailed(RuntimeError):
+    def __init__(self, what: str, args: list[str], returncode: int):
+        self.returncode = returncode
+        super().__init__(f"{what} failed (exit code {returncode}): {' '.join(args)}")
 
 
-def run_command(args: list[str], env: dict[str, str] | None, what: str) -> None:
-    """Run a command, streaming its output line by line into our log; a failure names the command."""
+def run_nnunet_command(args: list[str], env: dict[str, str], what: str, graceful_stop: bool = False) -> None:
+    """Run an nnU-Net CLI, streaming its output into our log; a failure names the command (see
+    :func:`run_command` for ``graceful_stop``)."""
+    run_command([nnunet_executable(args[0]), *args[1:]], env, what, graceful_stop)
+
+
+@contextmanager
+def _waiting_through_sigterm(proc: subprocess.Popen, what: str):
+    """While ``proc`` runs, SIGTERM does not end this process: it is passed on to ``proc`` (which may have had it
+    too: a scheduler signals every process of a job), and this process keeps waiting for it."""
+    def forward(signum, frame):
+        log.warning("SIGTERM received: waiting for %s to stop", what)
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_command(args: list[str], env: dict[str, str] | None, what: str, graceful_stop: bool = False) -> None:
+    """Run a command, streaming its output line by line into our log; a failure (:class:`CommandFailed`) names
+    the command.
+
+    ``graceful_stop``: for a command that stops by itself on SIGTERM (the trainers): it starts with SIGTERM ignored,
+    so that only the processes that handle it act on it (nnU-Net's DDP launcher would otherwise die and leave its
+    ranks behind), and this process waits for it to finish instead of leaving first."""
     # Child output goes line by line into our log (a pipe would otherwise buffer it for minutes).
     env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
     log.info("running: %s", " ".join(args))
+    ignore_sigterm = (lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN)) if graceful_stop else None
     proc = subprocess.Popen(
-        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        preexec_fn=ignore_sigterm,
     )
     assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
-        if line:
-            log.info("[%s] %s", what, line)
-    if proc.wait() != 0:
-        raise RuntimeError(f"{what} failed (exit code {proc.returncode}): {' '.join(args)}")
+    with _waiting_through_sigterm(proc, what) if graceful_stop else nullcontext():
+        for line in proc.stdout:
+            line = line.rstrip()
+            if line:
+                log.info("[%s] %s", what, line)
+        returncode = proc.wait()
+    if returncode != 0:
+        raise CommandFailed(what, args, returncode)

@@ -50,35 +50,72 @@ def train_stage(
     data_augmentation_workers: int,
     wandb: dict,
 ) -> float:
-    """Train (or resume: ``--c`` continues from the latest checkpoint) one stage; returns seconds taken.
+    """Train (or resume: ``--c`` continues from the latest checkpoint) one stage in its work folder under
+    ``folders.training``; returns seconds taken. nnU-Net's final validation is left to :func:`validate_stage`.
 
     ``data_augmentation_workers`` is per training process (per GPU under DDP). The stage's ``compile`` setting
-    ``auto`` becomes on for CUDA, off elsewhere, as nnU-Net decides it."""
+    ``auto`` becomes on for CUDA, off elsewhere, as nnU-Net decides it. On SIGTERM the trainer writes its
+    checkpoint and stops (:class:`~pancreas_mtl.nnunet.environment.CommandFailed`, exit code
+    ``STOPPED_EXIT_CODE``); this process waits for it."""
     device = resolve_device(device)
     if settings.compile == "auto":
         settings = replace(settings, compile=device == "cuda")
+    settings = replace(settings, final_validation=False)
+    return _run_train_command(
+        folders.for_training(), ["--c"], dataset_id, configuration, fold, trainer, plans_name, settings,
+        settings_file, device, num_gpus, data_augmentation_workers, wandb, "training", graceful_stop=True,
+    )
+
+
+def validate_stage(
+    folders: NnunetFolders,
+    dataset_id: int,
+    configuration: str,
+    fold: int | str,
+    trainer: str,
+    plans_name: str,
+    settings: TrainingSettings,
+    settings_file: str | Path,
+    device: str,
+    num_gpus: int,
+    workers: int,
+) -> float:
+    """nnU-Net's final validation (``nnUNetv2_train --val``) of a published model in ``folders.results``: it reads
+    checkpoint_final.pth and writes ``fold_N/validation/`` beside it, uncompiled and without W&B."""
+    settings = replace(settings, compile=False, final_validation=True)
+    return _run_train_command(
+        folders, ["--val"], dataset_id, configuration, fold, trainer, plans_name, settings, settings_file,
+        resolve_device(device), num_gpus, workers, {"enabled": False, "mode": "offline", "project": ""},
+        "final validation", graceful_stop=False,
+    )
+
+
+def _run_train_command(
+    folders, mode_args, dataset_id, configuration, fold, trainer, plans_name, settings, settings_file, device,
+    num_gpus, workers, wandb, what, graceful_stop,
+) -> float:
     settings.write(settings_file)
     args = [
         "nnUNetv2_train", str(dataset_id), configuration, str(fold),
-        "-tr", trainer, "-p", plans_name, "-device", device, "--c",
+        "-tr", trainer, "-p", plans_name, "-device", device, *mode_args,
     ]
     if num_gpus > 1:
         args += ["-num_gpus", str(num_gpus)]
     extra = {
         SETTINGS_ENV: str(Path(settings_file).resolve()),
-        "nnUNet_n_proc_DA": str(data_augmentation_workers),
+        "nnUNet_n_proc_DA": str(workers),
         # nnU-Net's final validation otherwise opens 8 export processes (about 1 GB each) whatever the job's size.
-        "nnUNet_def_n_proc": str(data_augmentation_workers),
+        "nnUNet_def_n_proc": str(workers),
         # The trainers compile by their settings; nnU-Net's predictors compile what they are given when this is
         # set, so it stays off: inference inside training runs on the uncompiled network.
         "nnUNet_compile": "0",
         **wandb_environment(**wandb),
     }
     start = time.perf_counter()
-    run_nnunet_command(args, folders.environment(**extra), f"nnUNetv2_train {trainer}")
+    run_nnunet_command(args, folders.environment(**extra), f"nnUNetv2_train {trainer}", graceful_stop)
     seconds = time.perf_counter() - start
-    log.info("%s fold %s on %s (%d GPU(s), %d augmentation workers each, compile %s) took %.1f s", trainer, fold,
-             device, num_gpus, data_augmentation_workers, settings.compile, seconds)
+    log.info("%s of %s fold %s on %s (%d GPU(s), %d workers each, compile %s) took %.1f s", what, trainer, fold,
+             device, num_gpus, workers, settings.compile, seconds)
     return seconds
 
 

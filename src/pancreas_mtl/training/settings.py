@@ -48,6 +48,9 @@ class TrainingSettings:
     sampling_seed: int
     # Lesion-presence prior in the full-volume validation: its relative threshold, None when switched off.
     lesion_prior_threshold: float | None = None
+    # nnU-Net's final validation at the end of nnUNetv2_train (its default). The workflow runs it as a step of its
+    # own (``nnUNetv2_train --val``), so that its failure never costs the finished weights.
+    final_validation: bool = True
     case_table: str | None = None
     # Stage 1 only: "sgd" (nnU-Net's) or "adamw" (stage 2 always trains with AdamW, two parameter groups).
     optimizer: str | None = None

@@ -28,6 +28,7 @@ import json
 import math
 import os
 import random
+import signal
 import time
 from contextlib import contextmanager
 from os.path import join
@@ -74,6 +75,13 @@ from pancreas_mtl.training.selection import (
     combined_score,
 )
 from pancreas_mtl.training.settings import TrainingSettings
+from pancreas_mtl.training.work_folder import (
+    LATEST_CHECKPOINT,
+    PREVIOUS_CHECKPOINT,
+    STOPPED_EXIT_CODE,
+    saved_epoch,
+    write_stop_record,
+)
 
 # Per-epoch log keys of the full-volume validation, by the metric they hold (NaN in epochs without one).
 FULL_VALIDATION_LOG_KEYS = {
@@ -83,10 +91,6 @@ FULL_VALIDATION_LOG_KEYS = {
     "macro_f1": "full_val_macro_f1",
 }
 
-
-# nnU-Net's resumable checkpoint, and the one it replaced (kept as the fallback when it cannot be read).
-LATEST_CHECKPOINT = "checkpoint_latest.pth"
-PREVIOUS_CHECKPOINT = "checkpoint_latest.previous.pth"
 
 # Per-epoch log keys of how the training loop spent its time: seconds per iteration, and the share of the
 # epoch's training time spent waiting for the next batch of the augmentation workers (a starving GPU shows here).
@@ -99,21 +103,49 @@ SEED_STRIDE, LOADER_SEED_OFFSETS, RANK_SEED_STRIDE, MAX_WORKERS_PER_LOADER = 10_
 class TimedLoader:
     """An augmenter whose ``next()`` adds the seconds it blocked to ``waited``: the time the training step waited
     for data. On a GPU the step ends synchronised (its loss comes back to the host), so the wait is not hidden
-    behind queued kernels."""
+    behind queued kernels. ``before_next`` runs first: the previous step has finished there."""
 
-    def __init__(self, loader):
+    def __init__(self, loader, before_next=None):
         self.loader = loader
+        self.before_next = before_next
         self.waited = 0.0
 
     def __iter__(self):
         return self
 
     def __next__(self):
+        if self.before_next is not None:
+            self.before_next()
         start = time.perf_counter()
         try:
             return next(self.loader)
         finally:
             self.waited += time.perf_counter() - start
+
+
+class StopRequest:
+    """SIGTERM (a SLURM time limit with ``--signal``, a preemption, ``scancel``) during the training loop asks the
+    training to stop at its next check (:meth:`nnUNetTrainerPancreasSeg.stop_if_requested`); outside the loop, and
+    in a forked child that inherited the handler, the signal acts as it would without one."""
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self.signal: int | None = None
+        self.active = False  # set while the training loop runs, where checks follow each step
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.active and os.getpid() == self.pid:
+            self.signal = signum
+            return
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
 
 
 def world_size() -> int:
@@ -203,6 +235,9 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
         for key in self._extra_log_keys():
             self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
         self.checkpoint_selector = CheckpointSelector(self.selection_scores)
+        # Installed before any worker starts: a worker forked later inherits the handler, which lets it die.
+        self.stop_request = StopRequest()
+        self.stop_request.install()
         self.print_to_log_file(f"pancreas_mtl training settings: {json.dumps(s.__dict__)}")
 
     # ------------------------------------------------------------------ settings hooks
@@ -288,7 +323,9 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
     # ------------------------------------------------------------------ iteration time and data wait
     def on_train_start(self):
         super().on_train_start()
-        self.dataloader_train = TimedLoader(self.dataloader_train)
+        self.dataloader_train = TimedLoader(self.dataloader_train, self.stop_if_requested)
+        self.dataloader_val = TimedLoader(self.dataloader_val, self.stop_if_requested)
+        self.stop_request.active = True  # until on_train_end has written checkpoint_final.pth
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
@@ -296,9 +333,12 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
         self._train_epoch_started = time.perf_counter()
 
     def on_train_end(self):
-        if isinstance(self.dataloader_train, TimedLoader):  # nnU-Net shuts its own augmenter down by type
-            self.dataloader_train = self.dataloader_train.loader
+        for name in ("dataloader_train", "dataloader_val"):  # nnU-Net shuts its own augmenters down by type
+            if isinstance(getattr(self, name), TimedLoader):
+                setattr(self, name, getattr(self, name).loader)
         super().on_train_end()  # deletes checkpoint_latest.pth: the finished training needs no fallback either
+        # a stop asked for after the last check changes nothing: the training is complete
+        self.stop_request.active = False
         if self.local_rank == 0:
             Path(self.output_folder, PREVIOUS_CHECKPOINT).unlink(missing_ok=True)
         if self._do_i_compile():
@@ -338,6 +378,43 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
             f"{iteration_seconds:.3f} s per iteration, {100 * wait_share:.1f}% of it waiting for data"
             + (" (the augmentation workers do not keep up: see README, 'Feeding the GPU')" if wait_share > 0.2 else "")
         )
+
+    # ------------------------------------------------------------------ stopping on a signal
+    def stop_if_requested(self, in_lockstep: bool = True) -> None:
+        """Stop here if a signal asked for it: before each training and validation step (the previous one has
+        finished), and between full-validation cases. Under DDP the ranks decide together, at the steps they take
+        in lockstep; a check that is not (a rank's share of the full validation) waits for the next one."""
+        requested = self.stop_request.requested
+        if self.is_ddp:
+            if not in_lockstep:
+                return
+            flag = torch.tensor([int(requested)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            requested = bool(flag.item())
+        if requested:
+            self.stop_training()
+
+    def stop_training(self) -> None:
+        """Write checkpoint_latest.pth (atomically, as every checkpoint) and exit with ``STOPPED_EXIT_CODE``. The
+        epoch in progress is not finished: the checkpoint resumes at its start, with the weights of the steps it
+        has taken, and the resumed training runs it again in full (its logged values are overwritten)."""
+        epoch = self.current_epoch
+        name = signal.Signals(self.stop_request.signal or signal.SIGTERM).name
+        self.print_to_log_file(
+            f"{name} received: stopping in epoch {epoch}; {LATEST_CHECKPOINT} resumes at epoch {epoch}"
+        )
+        # nnU-Net's save_checkpoint stores current_epoch + 1: the epoch after one that has finished
+        self.current_epoch -= 1
+        try:
+            self.save_checkpoint(join(self.output_folder, LATEST_CHECKPOINT))
+        finally:
+            self.current_epoch += 1
+        if self.local_rank == 0:
+            write_stop_record(self.output_folder, name, epoch)
+        if self.is_ddp:
+            dist.barrier()  # no rank leaves before rank 0 has written the checkpoint
+        self.print_to_log_file(f"stopped: {LATEST_CHECKPOINT} written; rerun the training to resume it")
+        raise SystemExit(STOPPED_EXIT_CODE)
 
     # ------------------------------------------------------------------ full-volume validation
     def _is_full_validation_epoch(self) -> bool:
@@ -385,6 +462,7 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
         results = {}
         try:
             for key in val_keys:
+                self.stop_if_requested(in_lockstep=False)
                 data, seg, _, _ = dataset.load_case(key)
                 logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.asarray(data[:])))
                 try:
@@ -479,7 +557,13 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
         """nnU-Net's final validation (nnunetv2 2.8.1), sharded over the DDP ranks as there, on the network without
         its DDP and torch.compile wrappers: nnU-Net builds its predictor on ``self.network``, and the compiled
         multi-task network recompiled for every new input shape (an H100 had not finished its first case after
-        45 s). No narrower hook hands the predictor its network."""
+        45 s). No narrower hook hands the predictor its network.
+
+        With ``final_validation`` off (the workflow's training jobs), nothing runs here: the workflow validates in a
+        job of its own, ``nnUNetv2_train --val``."""
+        if not self.settings.final_validation:
+            self.print_to_log_file("final validation: skipped here (final_validation is off; it runs on its own)")
+            return
         wrapped, self.network = self.network, self.plain_network()
         try:
             super().perform_actual_validation(save_probabilities)
@@ -523,12 +607,12 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
             for epoch in range(self.current_epoch)
         ]
         self.checkpoint_selector.restore(history)
-        # A best checkpoint must belong to the restored history: one that is gone (Snakemake removes a rerun
-        # job's outputs first), unreadable, or from an epoch after the one resumed (written before a crash that
-        # lost the later checkpoint_latest.pth) is removed and chosen afresh from the epochs still to come.
+        # A best checkpoint must belong to the restored history: one that is gone (removed by hand), unreadable, or
+        # from an epoch after the one resumed (written before a crash that lost the later checkpoint_latest.pth,
+        # or in the epoch a stop interrupted) is removed and chosen afresh from the epochs still to come.
         for score in self.checkpoint_selector.best:
             path = Path(self.output_folder, SCORE_CHECKPOINTS[score])
-            epoch = _saved_epoch(path)
+            epoch = saved_epoch(path)
             if epoch is None or epoch > self.current_epoch:
                 if path.is_file() and self.local_rank == 0:
                     why = "unreadable" if epoch is None else f"saved at epoch {epoch}, after the resumed {self.current_epoch}"
@@ -548,16 +632,6 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
                 state = self.optimizer.state.get(param, {})
                 if isinstance(state.get("step"), torch.Tensor):
                     state["step"] = state["step"].cpu()
-
-
-def _saved_epoch(path: Path) -> int | None:
-    """The epoch count a checkpoint file holds (nnU-Net's ``current_epoch``); None when missing or unreadable."""
-    if not path.is_file():
-        return None
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=False)["current_epoch"])
-    except Exception:
-        return None
 
 
 class nnUNetTrainerPancreasMultiTask(nnUNetTrainerPancreasSeg):

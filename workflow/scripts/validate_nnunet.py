@@ -1,0 +1,34 @@
+from pathlib import Path
+
+from pancreas_mtl.inference.run import lesion_prior_threshold
+from pancreas_mtl.nnunet.environment import NnunetFolders
+from pancreas_mtl.nnunet.train_command import validate_stage
+from pancreas_mtl.script_logging import run_logged
+from pancreas_mtl.training.settings import stage_settings
+
+
+def main():
+    params, inputs = snakemake.params, snakemake.input
+    extra = {
+        "case_table": str(Path(inputs.case_table).resolve()),
+        "lesion_prior_threshold": lesion_prior_threshold(params.postprocessing),
+    }
+    if params.stage == "stage2":
+        extra["stage1_checkpoint"] = str(Path(inputs.stage1_checkpoint).resolve())
+    fold_folder = Path(inputs.checkpoint).parent
+    validate_stage(
+        NnunetFolders.under(params.nnunet_root),
+        params.dataset_id,
+        params.configuration,
+        snakemake.wildcards.fold,
+        params.trainer,
+        params.plans_name,
+        stage_settings(params.training, params.stage, **extra),
+        fold_folder / "validation_settings.json",
+        device=params.training["device"],
+        num_gpus=params.training["num_gpus"],
+        workers=snakemake.threads,
+    )
+
+
+run_logged(main, snakemake.log[0])
