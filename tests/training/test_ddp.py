@@ -57,7 +57,7 @@ def _rank(rank: int, port: int, smoke_workflow: Path, tmp_path: Path, stage1_che
             "batch_size": trainer.batch_size,
             "oversample": trainer.oversample_foreground_percent,
             "seeds": trainer.augmentation_seeds(0, 3),
-            "wandb_loggers": [type(logger).__name__ for logger in trainer.logger.loggers],
+            "wandb_loggers": [type(getattr(logger, "logger", logger)).__name__ for logger in trainer.logger.loggers],
         }
         trainer.on_train_start()
         trainer.on_train_epoch_start()

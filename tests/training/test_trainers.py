@@ -280,3 +280,90 @@ def test_resume_falls_back_from_a_torn_latest_and_drops_best_checkpoints_of_aban
     assert not best.exists() and resumed.checkpoint_selector.best["combined"] == -math.inf
     log = Path(resumed.log_file).read_text()
     assert "checkpoint_latest.pth cannot be read" in log and "checkpoint_latest.previous.pth instead" in log
+
+
+@pytest.mark.slow
+def test_a_stopped_wandb_service_ends_wandb_logging_not_the_training(smoke_workflow, tmp_path, monkeypatch):
+    """Defect (found on the SLURM test cluster): a time limit's SIGTERM reaches every process of the job, W&B's
+    service process too; the trainer's next W&B call raised ConnectionResetError and the training died with exit
+    code 1 instead of stopping in its epoch."""
+    monkeypatch.setenv("nnUNet_wandb_enabled", "1")
+    monkeypatch.setenv("nnUNet_wandb_mode", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    # wandb.init names its service in os.environ (WANDB_SERVICE) for child processes: the service this test stops
+    # must not be handed to the trainings of later tests, so the variable is restored (removed) afterwards
+    monkeypatch.setenv("WANDB_SERVICE", "")
+    monkeypatch.delenv("WANDB_SERVICE")
+    trainer = _smoke_trainer(smoke_workflow, tmp_path, monkeypatch, trainers.nnUNetTrainerPancreasSeg, "stage1")
+    try:
+        _stop_the_wandb_service_under(trainer)
+    finally:
+        import wandb
+
+        try:
+            wandb.teardown()  # this process's W&B setup, whose service is gone
+        except Exception:
+            pass
+
+
+def _stop_the_wandb_service_under(trainer) -> None:
+    import signal
+    from pathlib import Path
+
+    import psutil
+
+    trainer.logger.log("train_losses", 0.9, 0)  # W&B works
+    services = [p for p in psutil.Process().children(recursive=True) if "wandb" in " ".join(p.cmdline())]
+    assert services, "no W&B service process: nothing to test"
+    for service in services:
+        service.send_signal(signal.SIGTERM)
+    psutil.wait_procs(services, timeout=30)
+    for epoch in (1, 2):
+        trainer.logger.log("train_losses", 0.8, epoch)
+    assert trainer.logger.get_value("train_losses", step=None) == [0.9, 0.8, 0.8]  # nnU-Net's own log goes on
+    log = Path(trainer.log_file).read_text()
+    assert log.count("WandbLogger stopped logging") == 1, log[-2000:]
+
+
+STOP_REQUEST_SCRIPT = """
+import multiprocessing, os, signal, sys, time
+from pancreas_mtl.training.trainers import StopRequest
+
+request = StopRequest()
+request.install()
+worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,), daemon=True)
+worker.start()
+print(worker.pid, flush=True)
+os.kill(worker.pid, signal.SIGTERM)  # as a scheduler signals every process of the job
+request.active = True
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(0.5)
+print(worker.is_alive(), request.requested, flush=True)
+request.active = False  # outside the training loop: the signal ends the trainer and its workers
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(5)
+print("still running", flush=True)
+"""
+
+
+@pytest.mark.slow  # imports the trainers in a fresh interpreter: about 15 s
+def test_sigterm_asks_the_training_loop_to_stop_and_spares_its_workers():
+    """Defect (found on the SLURM test cluster): the augmentation workers died on the job's SIGTERM, so a trainer
+    waiting for a batch ended with nnU-Net's 'background workers are no longer alive' instead of stopping in its
+    epoch. A worker now ignores it; the trainer stops at its next check, or, outside its loop, ends itself and its
+    workers."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    run = subprocess.run([sys.executable, "-c", STOP_REQUEST_SCRIPT], capture_output=True, text=True, timeout=60)
+    lines = run.stdout.split("\n")
+    assert run.returncode == -15, run.stdout + run.stderr  # ended by SIGTERM, after the loop
+    assert lines[1] == "True True", run.stdout + run.stderr  # the worker survived it; the stop was asked for
+    assert "still running" not in run.stdout
+    worker, deadline = int(lines[0]), time.monotonic() + 10
+    while psutil.pid_exists(worker) and psutil.Process(worker).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the worker outlived its trainer"
+        time.sleep(0.1)

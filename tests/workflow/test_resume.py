@@ -114,6 +114,9 @@ def test_sigterm_during_an_epoch_writes_a_checkpoint_and_the_rerun_resumes_in_th
     best = workdir / PUBLISHED / "checkpoint_best_combined.pth"
     # selection over the whole history, as without the interruption: the earliest best epoch
     assert saved_epoch(best) == int(np.argmax(scores)) + 1
+    print(f"\nSIGTERM: stopped in epoch {stopped_in}, rerun resumed at epoch {resumed[1]} with best {resumed[2]}; "
+          f"best checkpoint epoch {first_best_epoch} before, {saved_epoch(best)} after; final epoch "
+          f"{final['current_epoch']}")
     # the first attempt's best is still there, or a later epoch beat it
     if saved_epoch(best) == first_best_epoch:
         assert best.read_bytes() == first_best_bytes
@@ -148,6 +151,7 @@ def test_a_hard_kill_that_tore_the_latest_checkpoint_resumes_from_the_one_before
                      log), log[-3000:]
     resumed = re.search(r"resumed at epoch (\d+)", log)
     assert resumed and interrupted_at - 1 <= int(resumed[1]) <= interrupted_at, log[-3000:]
+    print(f"\nhard kill: latest checkpoint at epoch {interrupted_at} torn, rerun resumed at epoch {resumed[1]}")
     assert not (workdir / WORK / "checkpoint_latest.previous.pth").exists()
     final = torch.load(workdir / target, map_location="cpu", weights_only=False)
     assert final["current_epoch"] == EPOCHS
@@ -192,4 +196,7 @@ def test_the_final_validation_fails_or_is_killed_without_costing_the_weights_or_
     assert rerun.returncode == 0, out[-4000:]
     assert "rule final_validation" in out and "rule train_stage1" not in out, out[-4000:]
     assert {name: path.stat().st_mtime_ns for name, path in checkpoints.items()} == weights
+    print(f"\nfinal validation: failed, then killed; the rerun validated only; published checkpoints untouched "
+          f"(final epoch {saved_epoch(checkpoints['checkpoint_final.pth'])}, best epoch "
+          f"{saved_epoch(checkpoints['checkpoint_best_combined.pth'])})")
     assert json.loads((workdir / summary).read_text())["foreground_mean"]["Dice"] >= 0

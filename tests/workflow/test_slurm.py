@@ -1,10 +1,11 @@
 """The SLURM profile: its YAML, and (opt-in) a real run through snakemake-executor-plugin-slurm.
 
 * ``test_profiles_parse`` / ``test_set_resources_names_workflow_rules``: always run (no SLURM needed).
-* ``test_slurm_run_trains_stage1``: only with ``PANCREAS_MTL_SLURM_TEST=1`` (CI sets it; root on a Debian
-  machine). It starts a single-node SLURM (``.ci/slurm/start.sh``), runs the smoke workflow up to the
-  stage-1 checkpoint with ``--profile profiles/slurm`` and the real plugin, and always stops the cluster
-  (``.ci/slurm/stop.sh``). The command-line overrides are what *this* test cluster needs and are documented
+* ``test_a_training_past_its_slurm_time_limit_resumes_and_keeps_its_best``: only with
+  ``PANCREAS_MTL_SLURM_TEST=1`` (CI sets it; root on a Debian machine). It starts a single-node SLURM
+  (``.ci/slurm/start.sh``), runs the smoke workflow up to the stage-1 checkpoint with ``--profile
+  profiles/slurm`` and the real plugin, with a time limit shorter than the training, and always stops the
+  cluster (``.ci/slurm/stop.sh``). The command-line overrides are what *this* test cluster needs and are documented
   in profiles/README.md: no slurmdbd (squeue status), its partition, no account, no GPUs.
 """
 
@@ -12,14 +13,16 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
-from tests.workflow_helpers import REPO, copy_workflow, run_snakemake, snakemake_output
+from tests.workflow_helpers import REPO, copy_workflow, run_snakemake, snakemake_cli, snakemake_output
 
 PROFILES = REPO / "profiles"
 # Rules the SLURM profile configures before the workflow defines them (harmless: Snakemake ignores
@@ -34,7 +37,7 @@ STAGE1_CHECKPOINT = (
     "results/nnunet/trained/Dataset501_PancreasQuiz/"
     f"{STAGE1_TRAINER}__nnUNetResEncUNetMPlans__3d_cpu_demo/fold_0/checkpoint_final.pth"
 )
-RUN_TIMEOUT_S = 540  # the workflow run; the whole test (start, run, stop) stays under 10 minutes
+RUN_TIMEOUT_S = 900  # the workflow run, several allocations of stage 1 (about 6 minutes)
 
 
 def load_profile(name: str) -> dict:
@@ -148,12 +151,15 @@ def slurm_cluster():
         assert stop.returncode == 0, stop.stdout + stop.stderr
 
 
-def slurm_overrides(profile: dict) -> list[str]:
-    """Command-line options that adapt profiles/slurm to the test cluster (a list given on the command line
-    replaces the profile's list, so every GPU rule of the profile is repeated here)."""
+def slurm_overrides(profile: dict, **rule_resources: dict) -> list[str]:
+    """Command-line options that adapt profiles/slurm to the test cluster. A list given on the command line
+    replaces the profile's list, so every rule of the profile's set-resources is repeated here, with its
+    sbatch extras (the training's early SIGTERM); ``rule_resources`` replaces entries per rule."""
     set_resources = []
-    for rule in profile["set-resources"]:
-        set_resources += [f"{rule}:slurm_partition={PARTITION}", f"{rule}:gpu=0"]
+    for rule, resources in profile["set-resources"].items():
+        kept = {key: value for key, value in resources.items() if key == "slurm_extra"}
+        for key, value in {"slurm_partition": PARTITION, "gpu": 0, **kept, **rule_resources.get(rule, {})}.items():
+            set_resources.append(f"{rule}:{key}={value!r}" if isinstance(value, str) else f"{rule}:{key}={value}")
     return [
         # no slurmdbd: sacct fails, so poll with squeue (the cluster keeps finished jobs 300 s: MinJobAge)
         "--slurm-status-command", "squeue",
@@ -169,55 +175,122 @@ def slurm_overrides(profile: dict) -> list[str]:
     ]
 
 
+def test_overrides_keep_the_profiles_early_sigterm():
+    overrides = slurm_overrides(load_profile("slurm"))
+    for rule in ("train_stage1", "train_stage2"):
+        assert f"{rule}:slurm_extra='--signal=TERM@300'" in overrides, overrides
+
+
+# The preemption and time-limit test: stage 1 trains EPOCHS epochs of about 4 s (2-core CI machine) with a 3-minute
+# limit and SIGTERM 60 s before it (SLURM sends it up to 60 s earlier still: 60-120 s into the job). The test
+# preempts the first allocation itself (scancel --signal=TERM) once it trains; the second reaches its limit; the
+# retries finish the training.
+TIME_LIMIT_MIN = 3
+EARLY_SIGTERM = "--signal=TERM@60"
+EPOCHS = 40
+RETRIES = 4
+
+
+def saved_epoch(checkpoint_file: Path) -> int:
+    return torch.load(checkpoint_file, map_location="cpu", weights_only=False)["current_epoch"]
+
+
+def slurm_job_state(job_id: str) -> str:
+    """The controller's record of a job (finished ones stay listed for MinJobAge = 300 s; no sacct here)."""
+    listed = subprocess.run(["squeue", "--states=all", "--noheader", "--format=%T", "--jobs", job_id],
+                            capture_output=True, text=True, timeout=30).stdout.split()
+    return listed[0] if listed else "no longer listed"
+
+
 @slurm_only
 @pytest.mark.slow
-def test_slurm_run_trains_stage1(slurm_cluster, tmp_path, monkeypatch):
+def test_a_preempted_training_and_one_past_its_time_limit_resume_and_keep_their_best(slurm_cluster, tmp_path,
+                                                                                    monkeypatch):
+    """Stage 1 through ``snakemake --profile profiles/slurm`` needs several allocations: the first is preempted
+    (``scancel --signal=TERM``), the second stopped by SLURM's early signal before its time limit. Each time the
+    trainer checkpoints the epoch it is in and exits; the profile's retries resume it in that epoch, with the best
+    checkpoint of every attempt kept, until it has trained the configured epochs."""
     workdir = copy_workflow(tmp_path / "workflow")
+    config = yaml.safe_load((workdir / ".test" / "config_smoke.yaml").read_text())
+    # checkpoint_every above the epochs: nnU-Net itself never writes checkpoint_latest.pth, only the stops do
+    config["training"]["stage1"].update(num_epochs=EPOCHS, checkpoint_every=100, full_validation_every=5)
+    (workdir / "time_limit.yaml").write_text(yaml.safe_dump(config))
     profile = load_profile("slurm")
     # software deployment: the profile sets none, so each job runs this venv's python (run_snakemake puts
     # its bin first on PATH and sbatch exports the environment); nothing to override.
     assert "software-deployment-method" not in profile and "sdm" not in profile
     # the head process's sbatch/squeue find the cluster here (start.sh also links the default path to it)
     monkeypatch.setenv("SLURM_CONF", str(slurm_cluster))
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    head_log = tmp_path / "snakemake.log"
     started = time.monotonic()
-    result = run_snakemake(
-        workdir,
-        "--profile", "profiles/slurm",
-        "--configfile", ".test/config_smoke.yaml",
-        *slurm_overrides(profile),
-        STAGE1_CHECKPOINT,
-        timeout=RUN_TIMEOUT_S,
+    head = subprocess.Popen(
+        [*snakemake_cli(), STAGE1_CHECKPOINT, "--profile", "profiles/slurm",
+         *slurm_overrides(profile, train_stage1={"runtime": TIME_LIMIT_MIN, "slurm_extra": EARLY_SIGTERM}),
+         "--retries", str(RETRIES), "--configfile", "time_limit.yaml"],
+        cwd=workdir, env=env, stdout=open(head_log, "w"), stderr=subprocess.STDOUT,
     )
+    training_log = workdir / "logs" / "train_stage1_fold0.log"
+    try:
+        # the first training allocation, once it has had a full validation (epoch 4) and trains epoch 6: preempt it
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not (training_log.is_file() and "Epoch 6" in training_log.read_text()):
+            assert head.poll() is None, head_log.read_text()[-4000:]
+            assert time.monotonic() < deadline, "the training never reached epoch 6"
+            time.sleep(0.5)
+        first = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S+rule_train_stage1/", head_log.read_text())
+        assert len(first) == 1, head_log.read_text()[-4000:]
+        subprocess.run(["scancel", "--signal=TERM", first[0]], check=True, timeout=30)
+        head.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if head.poll() is None:
+            head.kill()
+            subprocess.run(["scancel", "--user", os.environ.get("USER", "root")], timeout=30)
     elapsed = time.monotonic() - started
-    out = snakemake_output(result)
+    out = head_log.read_text()
     print(f"SLURM workflow run: {elapsed:.1f} s")
-    assert result.returncode == 0, out[-8000:]
+    assert head.returncode == 0, out[-8000:]
 
     # every job went through sbatch: the plugin logged its SLURM job id, and the job's SLURM log (kept by
     # --slurm-keep-successful-logs) holds the Snakemake run of that rule inside the allocation
     submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+)", out)
-    rules = ["make_synthetic_quiz", "convert_quiz_to_nnunet", "plan_and_preprocess", "train_stage1"]
-    assert len(submitted) >= len(rules), out[-8000:]
     slurm_logs = workdir / ".snakemake" / "slurm_logs"
-    for rule in rules:
+    for rule in ["make_synthetic_quiz", "convert_quiz_to_nnunet", "plan_and_preprocess", "train_stage1"]:
         logs = sorted((slurm_logs / f"rule_{rule}").rglob("*.log"))
         assert logs, f"no SLURM log for {rule} under {slurm_logs}:\n{out[-4000:]}"
         assert {log.stem for log in logs} <= set(submitted), (rule, logs, submitted)
-        text = logs[-1].read_text()
-        assert f"rule {rule}:" in text and "--executor slurm-jobstep" in text, text[-3000:]
-    # the controller's own record of the last job (finished ones stay listed for MinJobAge = 300 s)
-    last = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: \S+rule_train_stage1/", out)
-    assert last, out[-4000:]
-    state = subprocess.run(
-        ["squeue", "--states=all", "--noheader", "--format=%i|%T|%P", "--jobs", last[-1]],
-        capture_output=True, text=True, timeout=30,
-    )
-    assert state.stdout.split() == [f"{last[-1]}|COMPLETED|{PARTITION}"], state.stdout + state.stderr
+        assert f"rule {rule}:" in logs[-1].read_text() and "--executor slurm-jobstep" in logs[-1].read_text()
+    trainings = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S+rule_train_stage1/", out)
+    states = {job_id: slurm_job_state(job_id) for job_id in trainings}
+    print(f"training allocations and their states: {states}")
+    assert len(trainings) >= 3, f"the time limit stopped no allocation: nothing was tested\n{states}\n{out[-4000:]}"
+    assert states[trainings[-1]] == "COMPLETED", states
+    # a stopped allocation ended on the trainer's exit after the signal (FAILED), or at the limit (TIMEOUT)
+    assert {states[job_id] for job_id in trainings[:-1]} <= {"FAILED", "TIMEOUT", "no longer listed"}, states
 
-    # the same outputs as a local run
-    checkpoint = torch.load(workdir / STAGE1_CHECKPOINT, map_location="cpu", weights_only=False)
-    assert checkpoint["trainer_name"] == STAGE1_TRAINER
-    epochs = yaml.safe_load((workdir / ".test" / "config_smoke.yaml").read_text())["training"]["stage1"]["num_epochs"]
-    assert checkpoint["current_epoch"] == epochs
-    assert (workdir / "logs" / "train_stage1_fold0.log").stat().st_size > 0
-    assert elapsed < RUN_TIMEOUT_S
+    # the rule log holds every attempt: each stopped one names its epoch, the next resumes in that epoch
+    log = training_log.read_text()
+    # (each stop is logged twice: by the job, and as the error the job ends with)
+    stopped = list({int(a): int(e) for a, e in re.findall(r"attempt (\d+) stopped on SIGTERM in epoch (\d+)", log)}.values())
+    resumed = [int(e) for e in re.findall(r"attempt \d+ resumes from checkpoint_latest\.pth, at epoch (\d+)", log)]
+    print(f"stopped in epochs {stopped}, resumed at {resumed}")
+    assert len(stopped) == len(trainings) - 1 and resumed == stopped, log[-4000:]
+    assert all(epoch > 0 for epoch in resumed), log[-4000:]  # never from 0
+    assert not re.search(r"best so far: \{'combined': -inf\}", log), log[-4000:]
+    for attempt in range(1, len(trainings)):
+        assert f"===== attempt {attempt:02d} of this training" in log, attempt
+    # the signal reached the trainer, before the limit: the second allocation's stop is the time limit's
+    assert len(re.findall(r"SIGTERM received: stopping in epoch", log)) >= 2, log[-4000:]
+
+    # the finished model: the configured epochs, and the best over the whole history, as one run would select
+    trained = workdir / STAGE1_CHECKPOINT
+    final = torch.load(trained, map_location="cpu", weights_only=False)
+    assert final["trainer_name"] == STAGE1_TRAINER
+    assert final["current_epoch"] == EPOCHS
+    assert all(len(values) == EPOCHS for values in final["logging"].values())
+    scores = final["logging"]["full_val_combined"]
+    assert saved_epoch(trained.parent / "checkpoint_best_combined.pth") == int(np.nanargmax(scores)) + 1
+    # the best the first attempts found is the selection still, or a later epoch beat it
+    before_last = log[: log.rindex("stopped on SIGTERM")]
+    earlier_best = [float(s) for s in re.findall(r"new best combined: ([\d.]+) \(epoch", before_last)]
+    assert earlier_best and np.nanmax(scores) >= max(earlier_best) - 1e-4, (earlier_best, scores)

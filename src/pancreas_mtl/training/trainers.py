@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import random
 import signal
@@ -125,8 +126,12 @@ class TimedLoader:
 
 class StopRequest:
     """SIGTERM (a SLURM time limit with ``--signal``, a preemption, ``scancel``) during the training loop asks the
-    training to stop at its next check (:meth:`nnUNetTrainerPancreasSeg.stop_if_requested`); outside the loop, and
-    in a forked child that inherited the handler, the signal acts as it would without one."""
+    training to stop at its next check (:meth:`nnUNetTrainerPancreasSeg.stop_if_requested`); outside the loop it
+    ends the trainer and its worker processes, as it would without a handler.
+
+    A scheduler signals every process of the job, the augmentation workers (forked: they inherit the handler)
+    included. They ignore it: their trainer shuts them down when it stops, and a worker that died first would end
+    the training with nnU-Net's "background workers are no longer alive" while it waits for a batch."""
 
     def __init__(self):
         self.pid = os.getpid()
@@ -137,15 +142,49 @@ class StopRequest:
         signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
-        if self.active and os.getpid() == self.pid:
+        if os.getpid() != self.pid:  # a worker process
+            return
+        if self.active:
             self.signal = signum
             return
+        for child in multiprocessing.active_children():
+            child.kill()
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 
     @property
     def requested(self) -> bool:
         return self.signal is not None
+
+
+class SideChannelLogger:
+    """One of nnU-Net's extra loggers (W&B), whose failure ends its own logging instead of the training: W&B logs
+    through a service process of its own, which a job's SIGTERM stops as well (a scheduler signals every process
+    of the job), and a training of days must not end because its side channel did. The first failure is reported
+    once; the local log keeps every value."""
+
+    def __init__(self, logger, report):
+        self.logger = logger
+        self.report = report
+        self.failed = False
+
+    def __getattr__(self, name):
+        attribute = getattr(self.logger, name)
+        if not callable(attribute):
+            return attribute
+
+        def guarded(*args, **kwargs):
+            if self.failed:
+                return None
+            try:
+                return attribute(*args, **kwargs)
+            except Exception as error:
+                self.failed = True
+                self.report(f"{type(self.logger).__name__} stopped logging ({type(error).__name__}: {error}); the "
+                            "training goes on, and nnU-Net's own log keeps every value")
+                return None
+
+        return guarded
 
 
 def world_size() -> int:
@@ -208,6 +247,7 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
             # offline run, and a resumed rank 1 could look for wandb/latest-run before rank 0 made it. Rank 0 logs.
             os.environ["nnUNet_wandb_enabled"] = "0"
         super().__init__(plans, configuration, fold, dataset_json, device)
+        self.logger.loggers = [SideChannelLogger(logger, self.print_to_log_file) for logger in self.logger.loggers]
         if self.is_ddp and device.type == "cpu":
             # nnU-Net moves every DDP rank to cuda:rank; DDP over gloo on the CPU (the test suite's) stays there
             self.device, self.grad_scaler = device, None
@@ -413,8 +453,17 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
             write_stop_record(self.output_folder, name, epoch)
         if self.is_ddp:
             dist.barrier()  # no rank leaves before rank 0 has written the checkpoint
+        self.shut_down_augmenters()  # the workers ignore the signal (StopRequest)
         self.print_to_log_file(f"stopped: {LATEST_CHECKPOINT} written; rerun the training to resume it")
         raise SystemExit(STOPPED_EXIT_CODE)
+
+    def shut_down_augmenters(self) -> None:
+        """nnU-Net's shutdown of its augmentation workers (as in its on_train_end)."""
+        for name in ("dataloader_train", "dataloader_val"):
+            loader = getattr(self, name)
+            loader = loader.loader if isinstance(loader, TimedLoader) else loader
+            if isinstance(loader, NonDetMultiThreadedAugmenter):
+                loader._finish()
 
     # ------------------------------------------------------------------ full-volume validation
     def _is_full_validation_epoch(self) -> bool:
