@@ -4,6 +4,7 @@ from pathlib import Path
 from pancreas_mtl.inference.run import lesion_prior_threshold
 from pancreas_mtl.nnunet.environment import NnunetFolders
 from pancreas_mtl.nnunet.train_command import (
+    ModelFold,
     augmentation_workers_per_gpu,
     wandb_run_folders,
 )
@@ -29,11 +30,7 @@ def main():
         [path.name for path in checkpoints],
         {name: inputs[name] for name in ("plans", "dataset_json", "splits", "data")},
         snakemake.log[0],
-        dataset_id=params.dataset_id,
-        configuration=params.configuration,
-        fold=fold,
-        trainer=params.trainer,
-        plans_name=params.plans_name,
+        model=ModelFold(params.dataset_id, params.configuration, fold, params.trainer, params.plans_name),
         settings=stage_settings(training, params.stage, **extra),
         device=training["device"],
         num_gpus=training["num_gpus"],

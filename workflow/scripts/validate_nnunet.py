@@ -2,7 +2,7 @@ from pathlib import Path
 
 from pancreas_mtl.inference.run import lesion_prior_threshold
 from pancreas_mtl.nnunet.environment import NnunetFolders
-from pancreas_mtl.nnunet.train_command import validate_stage
+from pancreas_mtl.nnunet.train_command import ModelFold, validate_stage
 from pancreas_mtl.script_logging import run_logged
 from pancreas_mtl.training.settings import stage_settings
 
@@ -18,11 +18,13 @@ def main():
     fold_folder = Path(inputs.checkpoint).parent
     validate_stage(
         NnunetFolders.under(params.nnunet_root),
-        params.dataset_id,
-        params.configuration,
-        snakemake.wildcards.fold,
-        params.trainer,
-        params.plans_name,
+        ModelFold(
+            params.dataset_id,
+            params.configuration,
+            snakemake.wildcards.fold,
+            params.trainer,
+            params.plans_name,
+        ),
         stage_settings(params.training, params.stage, **extra),
         fold_folder / "validation_settings.json",
         device=params.training["device"],

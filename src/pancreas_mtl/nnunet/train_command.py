@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pancreas_mtl.nnunet.environment import NnunetFolders, resolve_device, run_nnunet_command
@@ -28,6 +28,20 @@ def wandb_environment(enabled: bool, mode: str, project: str) -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class ModelFold:
+    """One fold of one nnU-Net model, the way ``nnUNetv2_train`` names it."""
+
+    dataset_id: int
+    configuration: str
+    fold: int | str
+    trainer: str
+    plans_name: str
+
+    def train_arguments(self) -> list[str]:
+        return [str(self.dataset_id), self.configuration, str(self.fold), "-tr", self.trainer, "-p", self.plans_name]
+
+
 def augmentation_workers_per_gpu(setting: int | str, threads: int, num_gpus: int) -> int:
     """nnU-Net's augmentation workers of each training process (``nnUNet_n_proc_DA``, read by every DDP rank):
     the setting, or with ``auto`` the job's threads shared over its GPUs (at least 1)."""
@@ -38,11 +52,7 @@ def augmentation_workers_per_gpu(setting: int | str, threads: int, num_gpus: int
 
 def train_stage(
     folders: NnunetFolders,
-    dataset_id: int,
-    configuration: str,
-    fold: int | str,
-    trainer: str,
-    plans_name: str,
+    model: ModelFold,
     settings: TrainingSettings,
     settings_file: str | Path,
     device: str,
@@ -62,18 +72,14 @@ def train_stage(
         settings = replace(settings, compile=device == "cuda")
     settings = replace(settings, final_validation=False)
     return _run_train_command(
-        folders.for_training(), ["--c"], dataset_id, configuration, fold, trainer, plans_name, settings,
-        settings_file, device, num_gpus, data_augmentation_workers, wandb, "training", graceful_stop=True,
+        folders.for_training(), model, ["--c"], settings, settings_file, device, num_gpus,
+        data_augmentation_workers, wandb, "training", graceful_stop=True,
     )
 
 
 def validate_stage(
     folders: NnunetFolders,
-    dataset_id: int,
-    configuration: str,
-    fold: int | str,
-    trainer: str,
-    plans_name: str,
+    model: ModelFold,
     settings: TrainingSettings,
     settings_file: str | Path,
     device: str,
@@ -84,21 +90,17 @@ def validate_stage(
     checkpoint_final.pth and writes ``fold_N/validation/`` beside it, uncompiled and without W&B."""
     settings = replace(settings, compile=False, final_validation=True)
     return _run_train_command(
-        folders, ["--val"], dataset_id, configuration, fold, trainer, plans_name, settings, settings_file,
-        resolve_device(device), num_gpus, workers, {"enabled": False, "mode": "offline", "project": ""},
-        "final validation", graceful_stop=False,
+        folders, model, ["--val"], settings, settings_file, resolve_device(device), num_gpus, workers,
+        {"enabled": False, "mode": "offline", "project": ""}, "final validation", graceful_stop=False,
     )
 
 
 def _run_train_command(
-    folders, mode_args, dataset_id, configuration, fold, trainer, plans_name, settings, settings_file, device,
-    num_gpus, workers, wandb, what, graceful_stop,
+    folders: NnunetFolders, model: ModelFold, mode_args: list[str], settings: TrainingSettings,
+    settings_file: str | Path, device: str, num_gpus: int, workers: int, wandb: dict, what: str, graceful_stop: bool,
 ) -> float:
     settings.write(settings_file)
-    args = [
-        "nnUNetv2_train", str(dataset_id), configuration, str(fold),
-        "-tr", trainer, "-p", plans_name, "-device", device, *mode_args,
-    ]
+    args = ["nnUNetv2_train", *model.train_arguments(), "-device", device, *mode_args]
     if num_gpus > 1:
         args += ["-num_gpus", str(num_gpus)]
     extra = {
@@ -112,10 +114,10 @@ def _run_train_command(
         **wandb_environment(**wandb),
     }
     start = time.perf_counter()
-    run_nnunet_command(args, folders.environment(**extra), f"nnUNetv2_train {trainer}", graceful_stop)
+    run_nnunet_command(args, folders.environment(**extra), f"nnUNetv2_train {model.trainer}", graceful_stop)
     seconds = time.perf_counter() - start
-    log.info("%s of %s fold %s on %s (%d GPU(s), %d workers each, compile %s) took %.1f s", what, trainer, fold,
-             device, num_gpus, workers, settings.compile, seconds)
+    log.info("%s of %s fold %s on %s (%d GPU(s), %d workers each, compile %s) took %.1f s", what, model.trainer,
+             model.fold, device, num_gpus, workers, settings.compile, seconds)
     return seconds
 
 

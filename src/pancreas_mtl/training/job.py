@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pancreas_mtl.errors import TrainingStopped
 from pancreas_mtl.nnunet.environment import CommandFailed, NnunetFolders
-from pancreas_mtl.nnunet.train_command import train_stage
+from pancreas_mtl.nnunet.train_command import ModelFold, train_stage
 from pancreas_mtl.training import work_folder
 from pancreas_mtl.training.settings import TrainingSettings
 
@@ -38,11 +38,7 @@ def train_and_publish(
     inputs: dict[str, str | Path],
     rule_log: str | Path | None,
     *,
-    dataset_id: int,
-    configuration: str,
-    fold: int | str,
-    trainer: str,
-    plans_name: str,
+    model: ModelFold,
     settings: TrainingSettings,
     device: str,
     num_gpus: int,
@@ -53,7 +49,8 @@ def train_and_publish(
     returns the work folder. ``inputs``: the files the training reads, by name, for its identity."""
     fold_folder = training_fold_folder(folders, model_fold_folder)
     identity = work_folder.training_identity(
-        settings, trainer=trainer, plans_name=plans_name, configuration=configuration, fold=fold, inputs=inputs,
+        settings, trainer=model.trainer, plans_name=model.plans_name, configuration=model.configuration,
+        fold=model.fold, inputs=inputs,
     )
     work_folder.prepare(fold_folder, identity)
     number, _ = work_folder.begin_attempt(fold_folder, rule_log)
@@ -63,8 +60,7 @@ def train_and_publish(
         work_folder.clear_stop_record(fold_folder)
         try:
             train_stage(
-                folders, dataset_id, configuration, fold, trainer, plans_name, settings,
-                fold_folder / "training_settings.json", device=device, num_gpus=num_gpus,
+                folders, model, settings, fold_folder / "training_settings.json", device=device, num_gpus=num_gpus,
                 data_augmentation_workers=data_augmentation_workers, wandb=wandb,
             )
         except CommandFailed as failure:
