@@ -15,7 +15,8 @@ import pytest
 import SimpleITK as sitk
 
 from pancreas_mtl.data import conversion
-from pancreas_mtl.data.conversion import convert_quiz_to_nnunet, dataset_json, make_splits
+from pancreas_mtl.data.case_table import read_case_table
+from pancreas_mtl.data.conversion import convert_quiz_to_nnunet, convert_test_images, dataset_json, make_splits
 from pancreas_mtl.data.validation import validate_quiz_folder
 from pancreas_mtl.errors import QuizDataError, UserInputError
 
@@ -35,6 +36,19 @@ def convert(quiz_dir, tmp_path, **kwargs):
     return summary, paths
 
 
+def test_outputs(tmp_path: Path) -> dict[str, Path]:
+    out = tmp_path / "out"
+    return {"images_dir": out / "test_images", "test_table_csv": out / "test_cases.csv"}
+
+
+test_outputs.__test__ = False  # not a test
+
+
+def convert_tests(quiz_dir, tmp_path, **kwargs):
+    paths = test_outputs(tmp_path)
+    return convert_test_images(quiz_dir, **paths, **kwargs), paths
+
+
 def assert_same_grid_sitk(a: Path, b: Path) -> None:
     ia, ib = sitk.ReadImage(str(a)), sitk.ReadImage(str(b))
     assert ia.GetSize() == ib.GetSize()
@@ -46,7 +60,9 @@ def assert_same_grid_sitk(a: Path, b: Path) -> None:
 @pytest.fixture
 def converted(quiz_dir, quiz_builder, tmp_path):
     summary, paths = convert(quiz_dir, tmp_path)
-    return SimpleNamespace(summary=summary, builder=quiz_builder, quiz_dir=quiz_dir, **paths)
+    test_summary, test_paths = convert_tests(quiz_dir, tmp_path)
+    return SimpleNamespace(summary=summary, test_summary=test_summary, builder=quiz_builder, quiz_dir=quiz_dir,
+                           **paths, **test_paths)
 
 
 # -- layout and metadata ------------------------------------------------------------------------------
@@ -56,22 +72,26 @@ def test_dataset_layout(converted):
     b = converted.builder
     labelled = b.labelled()
     tests = [c for c in b.cases.values() if c.split == "test"]
-    assert sorted(p.name for p in raw.iterdir()) == ["dataset.json", "imagesTr", "imagesTs", "labelsTr"]
+    # the test images are not in the raw dataset, which training reads: a new test image never retrains
+    assert sorted(p.name for p in raw.iterdir()) == ["dataset.json", "imagesTr", "labelsTr"]
     assert sorted(p.name for p in (raw / "imagesTr").iterdir()) == sorted(f"{c.case_id}_0000.nii.gz" for c in labelled)
     assert sorted(p.name for p in (raw / "labelsTr").iterdir()) == sorted(f"{c.case_id}.nii.gz" for c in labelled)
-    assert sorted(p.name for p in (raw / "imagesTs").iterdir()) == sorted(f"{c.case_id}_0000.nii.gz" for c in tests)
+    images = converted.images_dir
+    assert sorted(p.name for p in images.iterdir()) == sorted(f"{c.case_id}_0000.nii.gz" for c in tests)
     # no temporary folders or files left next to the outputs
     assert sorted(p.name for p in raw.parent.iterdir()) == [NAME]
-    assert sorted(p.name for p in converted.splits_json.parent.iterdir()) == ["case_table.csv", "nnUNet_raw",
-                                                                              "splits_final.json"]
+    assert sorted(p.name for p in converted.splits_json.parent.iterdir()) == [
+        "case_table.csv", "nnUNet_raw", "splits_final.json", "test_cases.csv", "test_images"]
 
 
 def test_summary(converted):
     s = converted.summary
     assert s["dataset_name"] == NAME and s["raw_dataset_dir"] == str(converted.raw_dataset_dir)
-    assert s["cases"] == {"train": 6, "validation": 3, "test": 2}
+    assert s["cases"] == {"train": 6, "validation": 3}
     assert s["subtypes"] == {"train": {"0": 2, "1": 2, "2": 2}, "validation": {"0": 1, "1": 1, "2": 1}}
     assert s["seconds"] >= 0
+    assert converted.test_summary["cases"] == {"test": 2}
+    assert converted.test_summary["images_dir"] == str(converted.images_dir)
 
 
 def test_dataset_json(converted):
@@ -94,24 +114,32 @@ def test_splits_fold0_is_the_official_split(converted):
     assert not set(splits[0]["train"]) & set(splits[0]["val"])
 
 
-def test_case_table(converted):
-    with open(converted.case_table_csv, newline="") as fh:
+def _table_rows(path):
+    with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         assert reader.fieldnames == ["case_id", "split", "subtype", "image", "mask"]
-        rows = {r["case_id"]: r for r in reader}
+        return {r["case_id"]: r for r in reader}
+
+
+def test_case_table_lists_the_labelled_cases_and_the_test_table_the_test_images(converted):
+    rows = _table_rows(converted.case_table_csv)
+    test_rows = _table_rows(converted.test_table_csv)
     b = converted.builder
-    assert len(rows) == len(b.cases) == 11
+    assert len(rows) == len(b.labelled()) == 9 and len(test_rows) == 2
     for c in b.cases.values():
-        row = rows[c.case_id]
-        assert row["split"] == c.split
         if c.split == "test":
-            assert row["subtype"] == "" and row["mask"] == ""
-            assert row["image"] == f"imagesTs/{c.case_id}_0000.nii.gz"
+            row = test_rows[c.case_id]
+            assert row["split"] == "test" and row["subtype"] == "" and row["mask"] == ""
+            assert row["image"] == f"{c.case_id}_0000.nii.gz"
+            assert (converted.images_dir / row["image"]).is_file()
         else:
-            assert int(row["subtype"]) == c.subtype
+            row = rows[c.case_id]
+            assert row["split"] == c.split and int(row["subtype"]) == c.subtype
             assert row["image"] == f"imagesTr/{c.case_id}_0000.nii.gz"
             assert row["mask"] == f"labelsTr/{c.case_id}.nii.gz"
-        assert (converted.raw_dataset_dir / row["image"]).is_file()
+            assert (converted.raw_dataset_dir / row["image"]).is_file()
+    # both read by the one reader of the format
+    assert read_case_table(converted.test_table_csv)["subtype"].isna().all()
 
 
 def test_make_splits_rejects_unknown_scheme(quiz_dir):
@@ -127,8 +155,8 @@ def test_make_splits_rejects_unknown_scheme(quiz_dir):
 def test_images_are_byte_for_byte_copies(converted):
     raw = converted.raw_dataset_dir
     for c in converted.builder.cases.values():
-        folder = "imagesTs" if c.split == "test" else "imagesTr"
-        assert (raw / folder / f"{c.case_id}_0000.nii.gz").read_bytes() == c.image.read_bytes()
+        folder = converted.images_dir if c.split == "test" else raw / "imagesTr"
+        assert (folder / f"{c.case_id}_0000.nii.gz").read_bytes() == c.image.read_bytes()
 
 
 def test_labels_are_rounded_uint8(converted):
@@ -221,7 +249,7 @@ def test_masks_without_lesion_or_pancreas_are_converted_with_a_warning(quiz_buil
     assert len(warnings) == 4
 
     # converted as any other case: same counts, splits and table, labels are the rounded masks
-    assert summary["cases"] == {"train": 4, "validation": 4, "test": 1}
+    assert summary["cases"] == {"train": 4, "validation": 4}
     splits = json.loads(paths["splits_json"].read_text())
     assert "quiz_1_040" in splits[0]["train"] and "quiz_2_041" in splits[0]["val"]
     for case, expected in ((lesionless, {0, 1}), (pancreasless, {0, 2})):
@@ -246,7 +274,7 @@ def test_process_pool_gives_the_same_dataset(quiz_dir, tmp_path, tree_digest, ca
     caplog.set_level(logging.INFO, logger="pancreas_mtl")
     _, serial = convert(quiz_dir, tmp_path / "serial")
     _, parallel = convert(quiz_dir, tmp_path / "parallel", n_workers=2)
-    assert "converted 11/11 case(s)" in caplog.text
+    assert "converted 9/9 case(s)" in caplog.text
     assert any(r.name == "pancreas_mtl.data.conversion" for r in caplog.records)
     for key in ("splits_json", "case_table_csv"):
         assert serial[key].read_bytes() == parallel[key].read_bytes()
@@ -383,7 +411,7 @@ def test_snakemake_script_converts(quiz_dir, tmp_path):
     log_file = _run_script(quiz_dir, tmp_path, threads=2)
     assert (outputs(tmp_path)["raw_dataset_dir"] / "dataset.json").is_file()
     assert outputs(tmp_path)["case_table_csv"].is_file()
-    assert "converted 11/11 case(s)" in log_file.read_text()
+    assert "converted 9/9 case(s)" in log_file.read_text()
 
 
 def test_snakemake_script_reports_every_problem_without_traceback(quiz_builder, tmp_path):
@@ -410,7 +438,7 @@ def test_real_sample_converts_with_exact_geometry(real_sample_quiz_dir, tmp_path
     before = tree_digest(real_sample_quiz_dir)
     summary, paths = convert(real_sample_quiz_dir, tmp_path, n_workers=2)
     assert tree_digest(real_sample_quiz_dir) == before
-    assert summary["cases"] == {"train": 3, "validation": 3, "test": 5}
+    assert summary["cases"] == {"train": 3, "validation": 3}
     raw = paths["raw_dataset_dir"]
     src_mask = nib.load(str(real_sample_quiz_dir / "train" / "subtype0" / "quiz_0_324.nii.gz"))
     for case_id in ("quiz_0_324", "quiz_0_999"):
@@ -422,8 +450,10 @@ def test_real_sample_converts_with_exact_geometry(real_sample_quiz_dir, tmp_path
         assert_same_grid_sitk(image_path, label_path)
         data = np.asanyarray(lab.dataobj)
         np.testing.assert_array_equal(data, np.rint(np.asanyarray(src_mask.dataobj)).astype(np.uint8))
+    test_summary, test_paths = convert_tests(real_sample_quiz_dir, tmp_path, n_workers=2)
+    assert test_summary["cases"] == {"test": 5}
     for src in sorted((real_sample_quiz_dir / "test").iterdir()):
-        assert (raw / "imagesTs" / src.name).read_bytes() == src.read_bytes()
+        assert (test_paths["images_dir"] / src.name).read_bytes() == src.read_bytes()
     verify_dataset_integrity(str(raw), num_processes=1)
 
 
@@ -465,3 +495,88 @@ def test_official_split_holds_out_stratified_selection_cases_and_never_the_valid
     assert make_splits(cases, "official", seed=1, selection_fraction=0.5)[0]["val"] != fold["val"]
     with pytest.raises(ValueError, match="split_seed"):
         make_splits(cases, "official", selection_fraction=0.25)
+
+
+# -- the test images, converted on their own ------------------------------------------------------------------
+
+def test_each_conversion_reads_only_its_own_part_of_the_quiz_folder(quiz_builder, tmp_path):
+    """A broken test image fails the test images' conversion only; a broken labelled case the labelled one only."""
+    quiz_builder.standard(n_train=1, n_validation=1, n_test=1)
+    quiz_builder.truncate(quiz_builder.add_test(number=60).image)
+    summary, _ = convert(quiz_builder.root, tmp_path / "a")
+    assert summary["cases"] == {"train": 3, "validation": 3}
+    with pytest.raises(QuizDataError) as exc:
+        convert_tests(quiz_builder.root, tmp_path / "a")
+    assert [p for p in exc.value.problems if p.startswith("test/quiz_060_0000.nii.gz")], exc.value.problems
+    assert not test_outputs(tmp_path / "a")["images_dir"].exists()
+
+    (quiz_builder.root / "test" / "quiz_060_0000.nii.gz").unlink()
+    quiz_builder.truncate(quiz_builder.add_case("train", 1, number=61).mask)
+    assert convert_tests(quiz_builder.root, tmp_path / "b")[0]["cases"] == {"test": 1}
+    with pytest.raises(QuizDataError, match="train/subtype1/quiz_1_061.nii.gz"):
+        convert(quiz_builder.root, tmp_path / "b")
+
+
+def test_a_stray_nifti_file_fails_both_conversions(quiz_builder, tmp_path):
+    quiz_builder.standard(n_train=1, n_validation=1, n_test=1)
+    (quiz_builder.root / "extra").mkdir()
+    (quiz_builder.root / "extra" / "quiz_0_070.nii.gz").write_bytes(b"")
+    for run in (convert, convert_tests):
+        with pytest.raises(QuizDataError, match="extra/quiz_0_070.nii.gz: NIfTI file outside the expected layout"):
+            run(quiz_builder.root, tmp_path)
+
+
+def test_test_images_rerun_replaces_the_previous_ones(quiz_builder, tmp_path):
+    quiz_builder.standard(n_train=1, n_validation=1, n_test=2)
+    _, paths = convert_tests(quiz_builder.root, tmp_path)
+    removed = sorted((quiz_builder.root / "test").iterdir())[0]
+    removed.unlink()
+    quiz_builder.add_test(number=88)
+    summary, _ = convert_tests(quiz_builder.root, tmp_path)
+    names = sorted(p.name for p in paths["images_dir"].iterdir())
+    assert summary["cases"] == {"test": 2} and "quiz_088_0000.nii.gz" in names and removed.name not in names
+    assert sorted(read_case_table(paths["test_table_csv"])["image"]) == names
+    assert sorted(p.name for p in paths["images_dir"].parent.iterdir()) == ["test_cases.csv", "test_images"]
+
+
+def test_test_images_refuse_a_folder_that_is_not_theirs(quiz_dir, tmp_path, tree_digest):
+    images = test_outputs(tmp_path)["images_dir"]
+    images.mkdir(parents=True)
+    (images / "my_notes.txt").write_text("precious")
+    before = tree_digest(images.parent)
+    with pytest.raises(UserInputError, match="my_notes.txt"):
+        convert_tests(quiz_dir, tmp_path)
+    assert tree_digest(images.parent) == before
+    with pytest.raises(UserInputError, match="overlaps the quiz folder"):
+        convert_test_images(quiz_dir, quiz_dir / "test", tmp_path / "t.csv")
+
+
+def test_a_test_image_stored_as_4d_is_copied_as_3d(quiz_builder, tmp_path):
+    quiz_builder.standard(n_train=1, n_validation=1, n_test=1)
+    case = quiz_builder.add_test(number=77)
+    img = nib.load(str(case.image))
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj)[..., None], img.affine), str(case.image))
+    _, paths = convert_tests(quiz_builder.root, tmp_path)
+    out = nib.load(str(paths["images_dir"] / "quiz_077_0000.nii.gz"))
+    assert out.shape == img.shape
+    np.testing.assert_array_equal(np.asanyarray(out.dataobj), np.asanyarray(img.dataobj))
+
+
+def test_snakemake_script_converts_the_test_images(quiz_dir, tmp_path):
+    paths = test_outputs(tmp_path)
+    smk = SimpleNamespace(params=SimpleNamespace(quiz_dir=str(quiz_dir)),
+                          output=SimpleNamespace(images=str(paths["images_dir"]), test_cases=str(paths["test_table_csv"])),
+                          threads=2, log=[str(tmp_path / "logs" / "convert_test_images.log")])
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        runpy.run_path(str(REPO / "workflow" / "scripts" / "convert_test_images.py"),
+                       init_globals={"snakemake": smk}, run_name="__main__")
+    finally:
+        for h in root.handlers:
+            if h not in saved[0]:
+                h.close()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    assert len(read_case_table(paths["test_table_csv"])) == 2
+    assert "copying 2 test image(s)" in (tmp_path / "logs" / "convert_test_images.log").read_text()

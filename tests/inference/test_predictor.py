@@ -18,6 +18,8 @@ from pancreas_mtl.nnunet.environment import register_trainers
 pytestmark = pytest.mark.slow
 
 MODEL = "results/nnunet/trained/Dataset501_PancreasQuiz/nnUNetTrainerPancreasMultiTask__nnUNetResEncUNetMPlans__3d_cpu_demo"
+# The test images, converted apart from the raw dataset (rule convert_test_images)
+TEST_IMAGES = "results/dataset/Dataset501_PancreasQuiz/test_images"
 
 
 def assert_same_geometry(prediction: Path, image: Path):
@@ -34,18 +36,20 @@ def assert_same_geometry(prediction: Path, image: Path):
 
 
 def test_predictions_have_exactly_the_input_geometry(smoke_workflow):
-    cases = pd.read_csv(smoke_workflow / "results" / "dataset" / "Dataset501_PancreasQuiz" / "case_table.csv", dtype=str)
+    dataset = smoke_workflow / "results" / "dataset" / "Dataset501_PancreasQuiz"
     raw = smoke_workflow / "results" / "nnunet" / "raw" / "Dataset501_PancreasQuiz"
-    for split in ["validation", "test"]:
+    for split, table, images in [("validation", "case_table.csv", raw), ("test", "test_cases.csv", TEST_IMAGES)]:
+        cases = pd.read_csv(dataset / table, dtype=str)
         rows = cases[cases["split"] == split]
         assert len(rows) > 0
         for case_id, image in zip(rows["case_id"], rows["image"]):
-            assert_same_geometry(smoke_workflow / "results" / "predictions" / split / f"{case_id}.nii.gz", raw / image)
+            prediction = smoke_workflow / "results" / "predictions" / split / f"{case_id}.nii.gz"
+            assert_same_geometry(prediction, smoke_workflow / images / image)
 
 
 def test_submission_files(smoke_workflow):
     results = smoke_workflow / "results"
-    test_ids = sorted(p.name[: -len("_0000.nii.gz")] for p in (results / "nnunet" / "raw" / "Dataset501_PancreasQuiz" / "imagesTs").glob("*.nii.gz"))
+    test_ids = sorted(p.name[: -len("_0000.nii.gz")] for p in (smoke_workflow / TEST_IMAGES).glob("*.nii.gz"))
     lines = (results / "subtype_results.csv").read_text().splitlines()
     assert lines[0] == "Names,Subtype"
     assert [line.split(",")[0] for line in lines[1:]] == [f"{c}.nii.gz" for c in test_ids]
@@ -69,8 +73,7 @@ def test_with_the_baseline_settings_the_optimized_path_gives_stock_nnunets_masks
     assert ours.allowed_mirroring_axes == stock.allowed_mirroring_axes == (0, 1, 2) and ours.use_mirroring
 
     preprocessor = stock.configuration_manager.preprocessor_class(verbose=False)
-    raw = smoke_workflow / "results" / "nnunet" / "raw" / "Dataset501_PancreasQuiz"
-    for image in sorted((raw / "imagesTs").glob("*.nii.gz")):
+    for image in sorted((smoke_workflow / TEST_IMAGES).glob("*.nii.gz")):
         data, _, _ = preprocessor.run_case(
             [str(image)], None, stock.plans_manager, stock.configuration_manager, stock.dataset_json
         )
@@ -104,7 +107,7 @@ def test_two_folds_are_ensembled_for_both_heads(smoke_workflow):
     for folds in [(0,), (1,), (0, 1)]:
         predictors[folds] = MultiTaskPredictor(tile_step_size=0.5, mirror_axes=(), device=cpu)
         predictors[folds].initialize_from_trained_model_folder(folder, folds, "checkpoint_best_combined.pth")
-    image = sorted((smoke_workflow / "results" / "nnunet" / "raw" / "Dataset501_PancreasQuiz" / "imagesTs").glob("*.nii.gz"))[0]
+    image = sorted((smoke_workflow / TEST_IMAGES).glob("*.nii.gz"))[0]
     stock = predictors[(0,)]
     data, _, _ = stock.configuration_manager.preprocessor_class(verbose=False).run_case(
         [str(image)], None, stock.plans_manager, stock.configuration_manager, stock.dataset_json
@@ -290,8 +293,7 @@ def test_every_benchmark_row_runs_under_the_accelerator_standin(smoke_workflow, 
     """The six benchmark rows, in this process, with the device export: each computes, and writes its masks."""
     from pancreas_mtl.inference.benchmark import ROWS, run_path
 
-    images = sorted((smoke_workflow / "results" / "nnunet" / "raw" / "Dataset501_PancreasQuiz" / "imagesTs")
-                    .glob("*_0000.nii.gz"))[:1]
+    images = sorted((smoke_workflow / TEST_IMAGES).glob("*_0000.nii.gz"))[:1]
     assert images
     settings = InferenceSettings(tile_step_size=0.5, mirror_axes=(), channels_last=False, device="cpu",
                                  preprocessing_workers=1, export_workers=1, resample_on_device=True)

@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from pancreas_mtl.data.conversion import convert_quiz_to_nnunet
+from pancreas_mtl.data.conversion import convert_quiz_to_nnunet, convert_test_images
 from pancreas_mtl.inference.predictor import MultiTaskPredictor
 from pancreas_mtl.inference.real_scale import make_untrained_model_folder
 from pancreas_mtl.nnunet.environment import NnunetFolders, register_trainers
@@ -24,7 +24,9 @@ def test_real_sample_converts_plans_and_runs_one_patch_of_the_real_network(real_
         real_sample_dir, raw, tmp_path / "splits.json", tmp_path / "cases.csv",
         dataset_name="Dataset502_RealSample", n_workers=2, allow_partial=True,
     )
-    assert summary["cases"]["train"] == 1 and summary["cases"]["test"] == 5
+    assert summary["cases"] == {"train": 1, "validation": 0}
+    assert convert_test_images(real_sample_dir, tmp_path / "test_images", tmp_path / "test_cases.csv")["cases"] == {
+        "test": 5}
     # exact geometry of the converted label, and labels rounded to {0,1,2}
     image = sitk.ReadImage(str(raw / "imagesTr" / "quiz_0_324_0000.nii.gz"))
     label = sitk.ReadImage(str(raw / "labelsTr" / "quiz_0_324.nii.gz"))

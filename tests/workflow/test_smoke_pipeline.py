@@ -29,7 +29,8 @@ def fold_folder(workdir, trainer, fold=0, root="trained"):
 
 
 def test_every_rule_wrote_its_log_and_benchmark(smoke_workflow):
-    jobs = ["make_synthetic_quiz", f"convert_quiz_to_nnunet_{DATASET}", f"plan_and_preprocess_{DATASET}",
+    jobs = ["make_synthetic_quiz", f"convert_quiz_to_nnunet_{DATASET}", f"convert_test_images_{DATASET}",
+            f"plan_and_preprocess_{DATASET}",
             "model_folder_metadata_nnUNetTrainerPancreasMultiTask__nnUNetResEncUNetMPlans__3d_cpu_demo",
             "predict_validation",
             "predict_test", "subtype_results", "submission_zip", "evaluate_validation", "benchmark_inference",

@@ -1,8 +1,7 @@
 rule benchmark_inference:
     input:
         **model_files(STAGE2_MODEL, FOLDS, INFERENCE_CHECKPOINT),
-        raw_dataset=raw_dataset(DATASET),
-        case_table=dataset_tables(DATASET)["case_table"],
+        **split_cases(DATASET, config["benchmark"]["split"]),
     output:
         summary="results/benchmark/summary.json",
         per_case="results/benchmark/per_case.csv",
@@ -60,8 +59,7 @@ rule make_untrained_model:
 rule benchmark_real_scale:
     input:
         **model_files(REAL_SCALE_MODEL, [0], CHECKPOINT_FILES["final"]),
-        raw_dataset=raw_dataset(REAL_SCALE_DATASET),
-        case_table=dataset_tables(REAL_SCALE_DATASET)["case_table"],
+        **split_cases(REAL_SCALE_DATASET, "test"),
     output:
         summary="results/benchmark/real_scale/summary.json",
         per_case="results/benchmark/real_scale/per_case.csv",

@@ -13,6 +13,7 @@ os.environ.update(
 )
 
 from pancreas_mtl.config import check_config  # noqa: E402
+from pancreas_mtl.inference.lesion_prior import lesion_prior_threshold  # noqa: E402
 from pancreas_mtl.nnunet.environment import dataset_folder_name  # noqa: E402
 from pancreas_mtl.nnunet.planning import training_configuration_name  # noqa: E402
 from pancreas_mtl.nnunet.trainer_names import STAGE1_TRAINER  # noqa: E402
@@ -78,10 +79,29 @@ def raw_dataset(dataset):
 
 
 def dataset_tables(dataset):
-    """The conversion's case table and splits of one dataset."""
+    """The conversion's case table (labelled cases) and splits, and the test images' table, of one dataset."""
     return {
         "case_table": f"results/dataset/{dataset}/case_table.csv",
         "splits": f"results/dataset/{dataset}/splits_final.json",
+        "test_cases": f"results/dataset/{dataset}/test_cases.csv",
+    }
+
+
+def test_images(dataset):
+    """The converted test images: apart from the raw dataset, which training reads."""
+    return f"results/dataset/{dataset}/test_images"
+
+
+def split_cases(dataset, split):
+    """A split's table (``cases``) and the folder its image paths are relative to (``images``)."""
+    if split == "test":
+        return {
+            "cases": dataset_tables(dataset)["test_cases"],
+            "images": test_images(dataset),
+        }
+    return {
+        "cases": dataset_tables(dataset)["case_table"],
+        "images": raw_dataset(dataset),
     }
 
 
@@ -141,6 +161,25 @@ def trainer_of_model(model):
     return MODEL_STAGES[model][1]
 
 
+def stage_training(stage):
+    """What a stage's training reads of the training section: its own block and the seeds.
+
+    A rule's params, so that a change to any other key (the inference checkpoint, the device) never retrains it;
+    the settings of a run and not of a model (device, GPUs, workers, W&B) the scripts read from the config.
+    """
+    training = config["training"]
+    return {
+        stage: training[stage],
+        "seed": training["seed"],
+        "sampling_seed": training["sampling_seed"],
+    }
+
+
+# The full validation that selects the checkpoints applies the lesion-presence prior as the exported predictions
+# get it: its threshold (None: off) is a training param; the prior's other settings are not.
+LESION_PRIOR_THRESHOLD = lesion_prior_threshold(config["postprocessing"])
+
+
 def final_validation_summaries():
     """nnU-Net's final validation of every trained fold of both stages."""
     return expand(
@@ -158,12 +197,26 @@ def quiz_dir(dataset):
     return config["data"]["quiz_dir"]
 
 
-def quiz_input(wildcards):
-    """The synthetic folder is a rule's output; a real quiz folder is tracked file by file."""
-    if wildcards.dataset == DATASET and config["data"]["source"] == "synthetic":
+def quiz_files(dataset, splits):
+    """The quiz folder's files of some splits, the inputs of their conversion.
+
+    The synthetic folder is a rule's output; a real quiz folder is tracked file by file, so that a new test image
+    reruns the test images' conversion and nothing that training reads."""
+    if dataset == DATASET and config["data"]["source"] == "synthetic":
         return SYNTHETIC_QUIZ_DIR
-    files = sorted(Path(quiz_dir(wildcards.dataset)).glob("**/*.nii.gz"))
-    return [str(f) for f in files] or quiz_dir(wildcards.dataset)
+    root = Path(quiz_dir(dataset))
+    files = [
+        str(f) for split in splits for f in sorted((root / split).glob("**/*.nii.gz"))
+    ]
+    return files or str(root)
+
+
+def labelled_quiz_files(wildcards):
+    return quiz_files(wildcards.dataset, ["train", "validation"])
+
+
+def test_quiz_files(wildcards):
+    return quiz_files(wildcards.dataset, ["test"])
 
 
 def preprocess_threads():

@@ -1,8 +1,8 @@
 rule predict_split:
     input:
         **model_files(STAGE2_MODEL, FOLDS, INFERENCE_CHECKPOINT),
-        raw_dataset=raw_dataset(DATASET),
-        case_table=dataset_tables(DATASET)["case_table"],
+        cases=lambda wildcards: split_cases(DATASET, wildcards.split)["cases"],
+        images=lambda wildcards: split_cases(DATASET, wildcards.split)["images"],
     output:
         predictions=directory("results/predictions/{split}"),
     log:
@@ -21,7 +21,7 @@ rule predict_split:
         folds=FOLDS,
         checkpoint=INFERENCE_CHECKPOINT,
         inference=config["inference"],
-        postprocessing=config["postprocessing"],
+        lesion_prior_threshold=LESION_PRIOR_THRESHOLD,
     script:
         "../scripts/predict_split.py"
 

@@ -22,9 +22,8 @@ rule train_stage1:
         configuration=TRAIN_CONFIGURATION,
         plans_name=PLANS_NAME,
         trainer=STAGE1_TRAINER,
-        training=config["training"],
-        postprocessing=config["postprocessing"],
-        wandb=config["wandb"],
+        training=stage_training("stage1"),
+        lesion_prior_threshold=LESION_PRIOR_THRESHOLD,
     script:
         "../scripts/train_nnunet.py"
 
@@ -54,9 +53,8 @@ rule train_stage2:
         configuration=TRAIN_CONFIGURATION,
         plans_name=PLANS_NAME,
         trainer=STAGE2_TRAINER,
-        training=config["training"],
-        postprocessing=config["postprocessing"],
-        wandb=config["wandb"],
+        training=stage_training("stage2"),
+        lesion_prior_threshold=LESION_PRIOR_THRESHOLD,
     script:
         "../scripts/train_nnunet.py"
 
@@ -93,8 +91,8 @@ rule final_validation:
         dataset_id=config["nnunet"]["dataset_id"],
         configuration=TRAIN_CONFIGURATION,
         plans_name=PLANS_NAME,
-        training=config["training"],
-        postprocessing=config["postprocessing"],
+        training=lambda wildcards: stage_training(stage_of_model(wildcards.model)),
+        lesion_prior_threshold=LESION_PRIOR_THRESHOLD,
     script:
         "../scripts/validate_nnunet.py"
 

@@ -1,22 +1,17 @@
 from pancreas_mtl.data.case_table import split_images
 from pancreas_mtl.data.class_probabilities import write_class_probabilities
-from pancreas_mtl.inference.run import (
-    InferenceSettings,
-    build_predictor,
-    lesion_prior_threshold,
-    predict_images,
-)
+from pancreas_mtl.inference.run import InferenceSettings, build_predictor, predict_images
 from pancreas_mtl.script_logging import run_logged
 
 
 def main():
     params = snakemake.params
-    images = split_images(snakemake.input.case_table, snakemake.input.raw_dataset, snakemake.wildcards.split)
+    images = split_images(snakemake.input.cases, snakemake.input.images, snakemake.wildcards.split)
     settings = InferenceSettings.from_config(params.inference, snakemake.threads)
     predictor = build_predictor(params.model_folder, params.folds, params.checkpoint, settings)
     try:
         probabilities = predict_images(predictor, images, snakemake.output.predictions, settings,
-                                       lesion_prior_threshold(params.postprocessing))
+                                       params.lesion_prior_threshold)
     finally:
         predictor.close()
     write_class_probabilities(snakemake.output.predictions, probabilities)

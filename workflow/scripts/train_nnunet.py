@@ -1,7 +1,6 @@
 import logging
 from pathlib import Path
 
-from pancreas_mtl.inference.run import lesion_prior_threshold
 from pancreas_mtl.nnunet.environment import NnunetFolders
 from pancreas_mtl.nnunet.train_command import (
     ModelFold,
@@ -15,11 +14,12 @@ from pancreas_mtl.training.settings import stage_settings
 
 def main():
     params, fold, inputs = snakemake.params, snakemake.wildcards.fold, snakemake.input
-    training = params.training
+    # how this run trains (device, GPUs, workers, W&B), from the config: not params, so that none of it retrains
+    training = snakemake.config["training"]
     extra = {
         "case_table": str(Path(inputs.case_table).resolve()),
         # checkpoints are selected on masks post-processed as the exported predictions are
-        "lesion_prior_threshold": lesion_prior_threshold(params.postprocessing),
+        "lesion_prior_threshold": params.lesion_prior_threshold,
     }
     if params.stage == "stage2":
         extra["stage1_checkpoint"] = str(Path(inputs.stage1_checkpoint).resolve())
@@ -31,13 +31,13 @@ def main():
         {name: inputs[name] for name in ("plans", "dataset_json", "splits", "data")},
         snakemake.log[0],
         model=ModelFold(params.dataset_id, params.configuration, fold, params.trainer, params.plans_name),
-        settings=stage_settings(training, params.stage, **extra),
+        settings=stage_settings(params.training, params.stage, **extra),
         device=training["device"],
         num_gpus=training["num_gpus"],
         data_augmentation_workers=augmentation_workers_per_gpu(
             training["data_augmentation_workers"], snakemake.threads, training["num_gpus"]
         ),
-        wandb=params.wandb,
+        wandb=snakemake.config["wandb"],
     )
     for run in wandb_run_folders(work):
         logging.getLogger("pancreas_mtl").info("W&B offline run: %s (upload later with: wandb sync %s)", run, run)

@@ -1,6 +1,5 @@
 from pathlib import Path
 
-from pancreas_mtl.inference.run import lesion_prior_threshold
 from pancreas_mtl.nnunet.environment import NnunetFolders
 from pancreas_mtl.nnunet.train_command import ModelFold, validate_stage
 from pancreas_mtl.script_logging import run_logged
@@ -11,7 +10,7 @@ def main():
     params, inputs = snakemake.params, snakemake.input
     extra = {
         "case_table": str(Path(inputs.case_table).resolve()),
-        "lesion_prior_threshold": lesion_prior_threshold(params.postprocessing),
+        "lesion_prior_threshold": params.lesion_prior_threshold,
     }
     if params.stage == "stage2":
         extra["stage1_checkpoint"] = str(Path(inputs.stage1_checkpoint).resolve())
@@ -27,8 +26,8 @@ def main():
         ),
         stage_settings(params.training, params.stage, **extra),
         fold_folder / "validation_settings.json",
-        device=params.training["device"],
-        num_gpus=params.training["num_gpus"],
+        device=snakemake.config["training"]["device"],
+        num_gpus=snakemake.config["training"]["num_gpus"],
         workers=snakemake.threads,
     )
 

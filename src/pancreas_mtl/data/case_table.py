@@ -1,8 +1,9 @@
-"""``case_table.csv``: one row per converted case, written by the conversion and read by every later step.
+"""``case_table.csv``: one row per converted labelled case, written by the conversion and read by every later
+step; ``test_cases.csv``, the test images' table in the same format, written by the test images' conversion.
 
-Columns ``case_id,split,subtype,image,mask``: ``split`` is train, validation or test; ``subtype`` is empty for
-test cases; ``image`` and ``mask`` are paths relative to the raw nnU-Net dataset folder (``mask`` empty for
-test cases).
+Columns ``case_id,split,subtype,image,mask``: ``split`` is train or validation (``case_table.csv``) or test
+(``test_cases.csv``); ``subtype`` and ``mask`` are empty for test cases; ``image`` and ``mask`` are paths relative
+to the folder of the converted images: the raw nnU-Net dataset folder, or the test images' folder.
 """
 
 from __future__ import annotations
@@ -49,6 +50,6 @@ def split_cases(path: str | Path, split: str) -> pd.DataFrame:
     return table[table["split"] == split].reset_index(drop=True)
 
 
-def split_images(path: str | Path, raw_dataset: str | Path, split: str) -> list[Path]:
-    """The image files of one split, as paths under the raw dataset folder."""
-    return [Path(raw_dataset) / image for image in split_cases(path, split)["image"]]
+def split_images(path: str | Path, images_folder: str | Path, split: str) -> list[Path]:
+    """The image files of one split, as paths under the folder the table's paths are relative to."""
+    return [Path(images_folder) / image for image in split_cases(path, split)["image"]]

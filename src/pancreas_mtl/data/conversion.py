@@ -1,13 +1,18 @@
-"""Conversion of the quiz data folder to an nnU-Net v2 raw dataset.
+"""Conversion of the quiz data folder to an nnU-Net v2 raw dataset, and of its test images.
 
-:func:`convert_quiz_to_nnunet` writes::
+:func:`convert_quiz_to_nnunet` converts the labelled cases (train/ and validation/) and writes::
 
     <raw_dataset_dir>/dataset.json
     <raw_dataset_dir>/imagesTr/{case_id}_0000.nii.gz   train AND validation images (byte-for-byte copies)
     <raw_dataset_dir>/labelsTr/{case_id}.nii.gz        their masks, uint8 {0,1,2} on the image's grid
-    <raw_dataset_dir>/imagesTs/{case_id}_0000.nii.gz   test images (byte-for-byte copies)
     <splits_json>                                      nnU-Net splits_final.json: fold 0 = official split
     <case_table_csv>                                   case_id,split,subtype,image,mask
+
+:func:`convert_test_images` converts the test images (test/) on their own, so that a new test image changes
+nothing that training reads::
+
+    <images_dir>/{case_id}_0000.nii.gz                 test images (byte-for-byte copies)
+    <test_table_csv>                                   the same columns; image relative to <images_dir>
 
 Images are byte-for-byte copies; the one exception is an image stored as (x, y, z, 1), which the
 validator accepts as 3D: it is copied with only the header's dim field rewritten to (x, y, z).
@@ -22,10 +27,10 @@ returns what it found and the parent process logs it, so it also reaches the log
 
 Validation cases go to imagesTr with the training cases (nnU-Net plans and preprocesses them once), but the
 workflow's splits never put them in a fold (:func:`make_splits`): they are only predicted for the final
-metrics. The quiz folder is
+metrics. The quiz folder's part that is converted is
 validated completely first (:func:`~pancreas_mtl.data.validation.validate_quiz_folder`); nothing is
-written when it has any problem. The dataset is built in a temporary sibling folder and renamed into
-place at the end, so an interrupted run never leaves a half dataset behind.
+written when it has any problem. The dataset (or the test images' folder) is built in a temporary sibling
+folder and renamed into place at the end, so an interrupted run never leaves half of one behind.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from pancreas_mtl.data.case_table import write_case_table
 from pancreas_mtl.data.labels import LABELS, LESION_LABEL, PANCREAS_LABEL, SUBTYPES
 from pancreas_mtl.data.quiz_layout import (
     LABELLED_SPLITS,
+    TEST_IMAGE_RE,
     QuizCase,
     image_file_name,
     mask_file_name,
@@ -61,8 +67,8 @@ log = logging.getLogger(__name__)
 DEFAULT_DATASET_NAME = "Dataset501_PancreasQuiz"
 DATASET_NAME_RE = re.compile(r"^Dataset\d{3}_[A-Za-z0-9_\-]+$")
 SPLIT_SCHEMES = ("official", "kfold")
-# What a raw dataset written by this module contains; anything else in an existing output folder
-# means it is not ours, and it is not replaced.
+# What a raw dataset written by this module contains (imagesTs: by an earlier version, which converted the test
+# images into it); anything else in an existing output folder means it is not ours, and it is not replaced.
 _DATASET_ENTRIES = {"dataset.json", "imagesTr", "labelsTr", "imagesTs"}
 
 
@@ -73,13 +79,13 @@ def dataset_json(cases: list[QuizCase], dataset_name: str = DEFAULT_DATASET_NAME
         "name": dataset_name,
         "description": "Pancreas quiz: 3D CT, pancreas (1) and lesion (2) segmentation; lesion subtype "
                        "0/1/2 per case in the case table. Train and validation cases are both in "
-                       "imagesTr; fold 0 of splits_final.json is the official train/validation split.",
+                       "imagesTr; splits_final.json never puts a validation case in a fold. The test images "
+                       "are converted apart from this dataset.",
         "reference": "Pancreas quiz data (crops of PANORAMA, panorama.grand-challenge.org)",
         "licence": "CC BY-NC 4.0",
         "channel_names": {"0": "CT"},
         "labels": dict(LABELS),
         "numTraining": n_training,
-        "numTest": sum(1 for c in cases if c.split == "test"),
         "file_ending": ".nii.gz",
     }
 
@@ -153,17 +159,21 @@ def read_selection_cases(splits_json: str | Path, folds: list[int]) -> dict[str,
 
 
 def case_table_rows(cases: list[QuizCase]) -> list[dict[str, str]]:
-    """Rows of the case table (:mod:`pancreas_mtl.data.case_table`); image/mask paths are relative to the
-    raw dataset folder."""
-    rows = []
-    for c in cases:
-        if c.split == "test":
-            image, mask, subtype = f"imagesTs/{image_file_name(c.case_id)}", "", ""
-        else:
-            image, mask = f"imagesTr/{image_file_name(c.case_id)}", f"labelsTr/{mask_file_name(c.case_id)}"
-            subtype = str(c.subtype)
-        rows.append({"case_id": c.case_id, "split": c.split, "subtype": subtype, "image": image, "mask": mask})
-    return rows
+    """Rows of the case table (:mod:`pancreas_mtl.data.case_table`) of the labelled cases; image/mask paths are
+    relative to the raw dataset folder."""
+    return [{"case_id": c.case_id, "split": c.split, "subtype": str(c.subtype),
+             "image": f"imagesTr/{image_file_name(c.case_id)}", "mask": f"labelsTr/{mask_file_name(c.case_id)}"}
+            for c in cases]
+
+
+def test_table_rows(cases: list[QuizCase]) -> list[dict[str, str]]:
+    """Rows of the test images' table: the case table's columns, the image relative to the test images' folder."""
+    return [{"case_id": c.case_id, "split": "test", "subtype": "", "image": image_file_name(c.case_id), "mask": ""}
+            for c in cases]
+
+
+# Not a pytest test despite the name.
+test_table_rows.__test__ = False  # type: ignore[attr-defined]
 
 
 # -- per case ---------------------------------------------------------------------------------------
@@ -223,26 +233,33 @@ def _missing_labels(labels: np.ndarray) -> tuple[str, ...]:
     return tuple(text for value, text in _EXPECTED_LABELS if not np.any(labels == value))
 
 
-def _convert_case(case: QuizCase, out_dir: Path) -> _Converted:
-    """Write one case into the (temporary) raw dataset folder; return its id and what its mask lacks.
-
-    Runs in a worker process when the conversion is parallel, so it logs nothing itself: the parent
-    logs the findings (:func:`_log_missing_labels`).
-    """
-    images_dir = out_dir / ("imagesTs" if case.split == "test" else "imagesTr")
+def _copy_image(case: QuizCase, images_dir: Path):
+    """Copy a case's image into ``images_dir`` (squeezed to 3D where stored as (x, y, z, 1)); return it loaded."""
     image_out = images_dir / image_file_name(case.case_id)
     image = nib.load(str(case.image))
     if len(image.shape) == 3:
         shutil.copyfile(case.image, image_out)  # byte-for-byte: dtype, header and geometry unchanged
-    else:
-        _copy_squeezed(case.image, image_out, image)
-        image = nib.load(str(image_out))
-    if case.mask is not None:
-        mask = nib.load(str(case.mask))
-        mask_data = np.asanyarray(mask.dataobj).reshape(spatial_shape(mask.shape))
-        label = label_image(mask_data, image)
-        nib.save(label, str(out_dir / "labelsTr" / mask_file_name(case.case_id)))
-        return _Converted(case.case_id, Path(case.mask), _missing_labels(np.asanyarray(label.dataobj)))
+        return image
+    _copy_squeezed(case.image, image_out, image)
+    return nib.load(str(image_out))
+
+
+def _convert_case(case: QuizCase, out_dir: Path) -> _Converted:
+    """Write one labelled case into the (temporary) raw dataset folder; return its id and what its mask lacks.
+
+    Runs in a worker process when the conversion is parallel, so it logs nothing itself: the parent
+    logs the findings (:func:`_log_missing_labels`).
+    """
+    image = _copy_image(case, out_dir / "imagesTr")
+    mask = nib.load(str(case.mask))
+    mask_data = np.asanyarray(mask.dataobj).reshape(spatial_shape(mask.shape))
+    label = label_image(mask_data, image)
+    nib.save(label, str(out_dir / "labelsTr" / mask_file_name(case.case_id)))
+    return _Converted(case.case_id, Path(case.mask), _missing_labels(np.asanyarray(label.dataobj)))
+
+
+def _convert_test_image(case: QuizCase, images_dir: Path) -> _Converted:
+    _copy_image(case, images_dir)
     return _Converted(case.case_id)
 
 
@@ -261,14 +278,15 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _check_outputs(quiz_dir: Path, raw_dir: Path, files: list[Path]) -> None:
-    """Refuse outputs that would write into the quiz folder or replace a folder that is not ours."""
+def _check_outputs(quiz_dir: Path, raw_dir: Path, files: list[Path], ours=lambda name: name in _DATASET_ENTRIES,
+                   what: str = "the raw dataset folder") -> None:
+    """Refuse outputs that would write into the quiz folder or replace a folder that is not ours (one holding an
+    entry whose name ``ours`` does not accept)."""
     problems = []
     quiz = quiz_dir.resolve()
     raw = raw_dir.resolve()
     if _inside(raw, quiz) or _inside(quiz, raw):
-        problems.append(f"{raw_dir}: the raw dataset folder overlaps the quiz folder {quiz_dir}; "
-                        "the quiz folder is only read")
+        problems.append(f"{raw_dir}: {what} overlaps the quiz folder {quiz_dir}; the quiz folder is only read")
     for f in files:
         if _inside(f.resolve(), quiz):
             problems.append(f"{f}: output file lies inside the quiz folder {quiz_dir}; the quiz folder is only read")
@@ -278,8 +296,8 @@ def _check_outputs(quiz_dir: Path, raw_dir: Path, files: list[Path]) -> None:
         if not raw_dir.is_dir():
             problems.append(f"{raw_dir}: exists and is not a folder; not replacing it")
         else:
-            ours = _DATASET_ENTRIES | {f.name for f in files if f.resolve().parent == raw}
-            foreign = sorted(p.name for p in raw_dir.iterdir() if p.name not in ours)
+            outputs = {f.name for f in files if f.resolve().parent == raw}
+            foreign = sorted(p.name for p in raw_dir.iterdir() if not ours(p.name) and p.name not in outputs)
             if foreign:
                 problems.append(f"{raw_dir}: exists and holds files that a conversion does not write "
                                 f"({', '.join(foreign[:5])}); not replacing it - remove it or choose another "
@@ -287,7 +305,7 @@ def _check_outputs(quiz_dir: Path, raw_dir: Path, files: list[Path]) -> None:
     if len(set(p.resolve() for p in files)) != len(files):
         problems.append(f"{files[0]}: the splits file and the case table must be different files")
     if problems:
-        raise UserInputError("Cannot write the nnU-Net raw dataset", problems)
+        raise UserInputError(f"Cannot write {what}", problems)
 
 
 def _replace_dir(new: Path, dest: Path) -> None:
@@ -318,7 +336,7 @@ def _summary(cases: list[QuizCase]) -> dict:
         for split in LABELLED_SPLITS
     }
     return {
-        "cases": {split: counts.get(split, 0) for split in ("train", "validation", "test")},
+        "cases": {split: counts.get(split, 0) for split in LABELLED_SPLITS},
         "subtypes": subtypes,
     }
 
@@ -336,7 +354,8 @@ def convert_quiz_to_nnunet(
     split_seed: int | None = None,
     selection_fraction: float | None = None,
 ) -> dict:
-    """Validate the quiz folder and convert it to an nnU-Net v2 raw dataset (see the module docstring).
+    """Validate the labelled cases of the quiz folder (train/, validation/) and convert them to an nnU-Net v2 raw
+    dataset (see the module docstring).
 
     Raises :class:`~pancreas_mtl.errors.QuizDataError` listing every problem of the quiz folder, or
     :class:`~pancreas_mtl.errors.UserInputError` for unusable output paths; in both cases nothing is
@@ -345,7 +364,7 @@ def convert_quiz_to_nnunet(
     benchmark plans from such a sample). ``split_scheme``, ``k``, ``split_seed`` and ``selection_fraction`` go
     to :func:`make_splits`.
 
-    Returns a summary: ``{"dataset_name", "raw_dataset_dir", "cases": {split: n},
+    Returns a summary: ``{"dataset_name", "raw_dataset_dir", "cases": {"train": n, "validation": n},
     "subtypes": {split: {"0": n, "1": n, "2": n}}, "seconds"}``.
     """
     t0 = time.perf_counter()
@@ -360,7 +379,7 @@ def convert_quiz_to_nnunet(
 
     if split_scheme not in SPLIT_SCHEMES:
         raise UserInputError(f"unknown split scheme {split_scheme!r}; known schemes: {', '.join(SPLIT_SCHEMES)}")
-    cases = validate_quiz_folder(quiz_dir, n_workers=n_workers, allow_partial=allow_partial)
+    cases = validate_quiz_folder(quiz_dir, n_workers=n_workers, allow_partial=allow_partial, splits=LABELLED_SPLITS)
     _check_outputs(quiz_dir, raw_dir, [splits_json, case_table_csv])
 
     for parent in {raw_dir.parent, splits_json.parent, case_table_csv.parent}:
@@ -368,7 +387,7 @@ def convert_quiz_to_nnunet(
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{raw_dir.name}.partial-", dir=raw_dir.parent))
     tmp_files: list[Path] = []
     try:
-        for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        for sub in ("imagesTr", "labelsTr"):
             (tmp_dir / sub).mkdir()
         n = len(cases)
         log.info("converting %d case(s) from %s into %s with %d worker(s)", n, quiz_dir, raw_dir, max(1, n_workers))
@@ -401,4 +420,44 @@ def convert_quiz_to_nnunet(
     summary = {"dataset_name": dataset_name, "raw_dataset_dir": str(raw_dir), **_summary(cases),
                "seconds": round(time.perf_counter() - t0, 3)}
     log.info("wrote %s: %s", raw_dir, json.dumps(summary))
+    return summary
+
+
+def convert_test_images(
+    quiz_dir: str | Path,
+    images_dir: str | Path,
+    test_table_csv: str | Path,
+    n_workers: int = 1,
+) -> dict:
+    """Validate the test images of the quiz folder (test/) and copy them into ``images_dir``, with their table.
+
+    Nothing is written when a test image has a problem; a previous conversion at ``images_dir`` is replaced, any
+    other existing folder (one holding a file that is not a test image) is not. Returns ``{"images_dir",
+    "cases": {"test": n}, "seconds"}``.
+    """
+    t0 = time.perf_counter()
+    quiz_dir, images_dir, test_table_csv = Path(quiz_dir), Path(images_dir), Path(test_table_csv)
+    cases = validate_quiz_folder(quiz_dir, n_workers=n_workers, splits=("test",))
+    _check_outputs(quiz_dir, images_dir, [test_table_csv], ours=lambda name: bool(TEST_IMAGE_RE.match(name)),
+                   what="the test images' folder")
+    for parent in {images_dir.parent, test_table_csv.parent}:
+        parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{images_dir.name}.partial-", dir=images_dir.parent))
+    table_tmp = None
+    try:
+        log.info("copying %d test image(s) from %s into %s", len(cases), quiz_dir / "test", images_dir)
+        for _ in map_cases(_convert_test_image, cases, n_workers, tmp_dir):
+            pass
+        table_tmp = _partial_file(test_table_csv)
+        write_case_table(table_tmp, test_table_rows(cases))
+        _replace_dir(tmp_dir, images_dir)
+        os.replace(table_tmp, test_table_csv)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        if table_tmp is not None:
+            table_tmp.unlink(missing_ok=True)
+        raise
+    summary = {"images_dir": str(images_dir), "cases": {"test": len(cases)},
+               "seconds": round(time.perf_counter() - t0, 3)}
+    log.info("wrote %s: %s", images_dir, json.dumps(summary))
     return summary

@@ -133,6 +133,8 @@ class _Discovery:
         # collide, and a test number equal to a training number is not the same case.
         self.numbers: dict[tuple[str, str], dict[tuple[str, str], str]] = defaultdict(dict)
         self.scanned_dirs: set[Path] = set()
+        # split folders of another job's cases: neither scanned nor reported as strays
+        self.skipped_trees: set[Path] = set()
 
     def rel(self, path: Path) -> str:
         return relative_name(path, self.root)
@@ -257,8 +259,9 @@ class _Discovery:
     def scan_strays(self) -> None:
         """NIfTI files anywhere outside the expected folders are reported (stray non-NIfTI files are not)."""
         for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _IGNORED_DIRS)
             here = Path(dirpath)
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _IGNORED_DIRS
+                                 and here / d not in self.skipped_trees)
             if here in self.scanned_dirs:
                 continue
             for name in sorted(filenames):
@@ -276,7 +279,8 @@ class _Discovery:
                                      f"(case numbers must be unique {where})")
 
 
-def discover_quiz_cases(quiz_dir: str | Path, allow_partial: bool = False) -> tuple[list[QuizCase], list[str]]:
+def discover_quiz_cases(quiz_dir: str | Path, allow_partial: bool = False,
+                        splits: tuple[str, ...] = SPLITS) -> tuple[list[QuizCase], list[str]]:
     """Find the cases of a quiz folder by name and folder only (no file is opened).
 
     Returns ``(cases, problems)``: the well-formed image/mask pairs (and test images), sorted by
@@ -285,7 +289,12 @@ def discover_quiz_cases(quiz_dir: str | Path, allow_partial: bool = False) -> tu
     When ``problems`` is not empty the cases must not be used for anything but further checks.
     ``allow_partial`` accepts a folder with only some of the split/subtype folders (e.g. a sample of the
     data for planning and benchmarks); every other check still applies.
+    ``splits`` limits the search to those split folders (the labelled cases and the test images are converted
+    by separate jobs); NIfTI files outside every split folder are reported either way.
     """
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"unknown quiz split(s) {unknown}; splits: {', '.join(SPLITS)}")
     root = Path(quiz_dir)
     if not root.exists():
         return [], [f"{root}: the quiz data folder does not exist"]
@@ -293,8 +302,11 @@ def discover_quiz_cases(quiz_dir: str | Path, allow_partial: bool = False) -> tu
         return [], [f"{root}: the quiz data path is not a folder"]
     d = _Discovery(root, allow_partial)
     for split in LABELLED_SPLITS:
-        d.scan_labelled_split(split)
-    d.scan_test()
+        if split in splits:
+            d.scan_labelled_split(split)
+    if "test" in splits:
+        d.scan_test()
+    d.skipped_trees = {root / split for split in SPLITS if split not in splits}
     d.scan_strays()
     d.check_duplicates()
     return sort_cases(d.cases), d.problems

@@ -34,7 +34,7 @@ import nibabel as nib
 import numpy as np
 
 from pancreas_mtl.data.labels import MASK_LABELS
-from pancreas_mtl.data.quiz_layout import QuizCase, discover_quiz_cases, relative_name
+from pancreas_mtl.data.quiz_layout import SPLITS, QuizCase, discover_quiz_cases, relative_name
 from pancreas_mtl.errors import QuizDataError
 
 log = logging.getLogger(__name__)
@@ -210,8 +210,10 @@ def check_case_content(case: QuizCase, quiz_dir: str | Path) -> list[str]:
     return problems
 
 
-def validate_quiz_folder(quiz_dir: str | Path, n_workers: int = 1, allow_partial: bool = False) -> list[QuizCase]:
-    """Validate the whole quiz folder; return its cases or raise :class:`QuizDataError` with every problem.
+def validate_quiz_folder(quiz_dir: str | Path, n_workers: int = 1, allow_partial: bool = False,
+                         splits: tuple[str, ...] = SPLITS) -> list[QuizCase]:
+    """Validate the quiz folder (the folders of ``splits``, all by default); return its cases or raise
+    :class:`QuizDataError` with every problem.
 
     Layout problems (names, folders, pairs, duplicates, missing/empty folders) and content problems
     (unreadable/truncated files, non-3D volumes, shape/affine mismatch, bad mask values, NaN in
@@ -220,7 +222,7 @@ def validate_quiz_folder(quiz_dir: str | Path, n_workers: int = 1, allow_partial
     """
     t0 = time.perf_counter()
     root = Path(quiz_dir)
-    cases, problems = discover_quiz_cases(root, allow_partial=allow_partial)
+    cases, problems = discover_quiz_cases(root, allow_partial=allow_partial, splits=splits)
     n = len(cases)
     log.info("validating %d case(s) in %s with %d worker(s)", n, root, max(1, n_workers))
     step = max(1, n // 10)

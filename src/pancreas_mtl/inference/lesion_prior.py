@@ -40,6 +40,12 @@ PRIOR_RECORD_FILE = "lesion_prior.json"
 WITHOUT_PRIOR_FOLDER = "without_lesion_prior"
 
 
+def lesion_prior_threshold(postprocessing: dict) -> float | None:
+    """The lesion-presence prior's relative threshold from the config's ``postprocessing`` section (None: off)."""
+    prior = postprocessing["lesion_presence_prior"]
+    return prior["relative_threshold"] if prior["enabled"] else None
+
+
 @dataclass(frozen=True)
 class LesionPriorResult:
     #: the label map, the caller's own array when unchanged, else a changed copy of the same shape and dtype

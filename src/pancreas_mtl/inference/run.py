@@ -95,12 +95,6 @@ def build_predictor(
     return predictor
 
 
-def lesion_prior_threshold(postprocessing: dict) -> float | None:
-    """The lesion-presence prior's relative threshold from the config's ``postprocessing`` section (None: off)."""
-    prior = postprocessing["lesion_presence_prior"]
-    return prior["relative_threshold"] if prior["enabled"] else None
-
-
 def predict_images(
     predictor: MultiTaskPredictor, images: list[Path], output_dir: str | Path, settings: InferenceSettings,
     lesion_prior_threshold: float | None = None,
