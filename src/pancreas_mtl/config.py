@@ -89,3 +89,9 @@ def check_config(config: dict[str, Any], schema_path: str | Path) -> dict[str, A
     if problems:
         raise UserInputError(f"invalid configuration (checked against {schema_path})", problems)
     return config
+
+
+def lesion_prior_threshold(postprocessing: dict) -> float | None:
+    """The lesion-presence prior's relative threshold from the config's ``postprocessing`` section (None: off)."""
+    prior = postprocessing["lesion_presence_prior"]
+    return prior["relative_threshold"] if prior["enabled"] else None

@@ -133,10 +133,7 @@ def test_script_fails_with_clear_message_on_missing_prediction(tmp_path):
 
 def test_metrics_with_and_without_the_lesion_prior_side_by_side(tmp_path):
     """The case the prior changed is scored on its mask from before the prior for the 'without' column."""
-    from pancreas_mtl.inference.lesion_prior import (
-        WITHOUT_PRIOR_FOLDER,
-        write_prior_record,
-    )
+    from pancreas_mtl.data.lesion_prior_record import WITHOUT_PRIOR_FOLDER, write_prior_record
 
     smk = _fixture(tmp_path)
     preds, case = Path(smk.input.predictions), "quiz_2_012"  # its lesion was missed

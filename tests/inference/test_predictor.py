@@ -291,14 +291,14 @@ def test_the_device_export_runs_under_the_accelerator_standin(smoke_workflow, tm
 
 def test_every_benchmark_row_runs_under_the_accelerator_standin(smoke_workflow, tmp_path, accelerator_standin):
     """The six benchmark rows, in this process, with the device export: each computes, and writes its masks."""
-    from pancreas_mtl.inference.benchmark import ROWS, run_path
+    from pancreas_mtl.benchmarks.inference import ROWS, run_row
 
     images = sorted((smoke_workflow / TEST_IMAGES).glob("*_0000.nii.gz"))[:1]
     assert images
     settings = InferenceSettings(tile_step_size=0.5, mirror_axes=(), channels_last=False, device="cpu",
                                  preprocessing_workers=1, export_workers=1, resample_on_device=True)
     for row in ROWS:
-        result = run_path(row, smoke_workflow / MODEL, [0], "checkpoint_final.pth", images, tmp_path, settings,
+        result = run_row(row, smoke_workflow / MODEL, [0], "checkpoint_final.pth", images, tmp_path, settings,
                           repeats=0)
         assert result["per_case"][0]["compute_seconds"] > 0, row
         if row != "one_pass":  # the compute-only bound writes nothing

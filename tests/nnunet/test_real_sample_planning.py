@@ -8,9 +8,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from pancreas_mtl.benchmarks.real_scale import make_untrained_model_folder
 from pancreas_mtl.data.conversion import convert_quiz_to_nnunet, convert_test_images
 from pancreas_mtl.inference.predictor import MultiTaskPredictor
-from pancreas_mtl.inference.real_scale import make_untrained_model_folder
 from pancreas_mtl.nnunet.environment import NnunetFolders, register_trainers
 from pancreas_mtl.nnunet.planning import plan_and_preprocess
 

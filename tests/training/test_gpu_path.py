@@ -158,7 +158,7 @@ def test_full_validation_falls_back_to_the_cpu_when_the_device_runs_out_of_memor
 def test_augmentation_workers_are_shared_over_the_gpus():
     """Defect: every DDP rank started the job's whole thread count of augmentation workers (4 GPUs, 8 threads:
     4 x 8 workers on 8 cores)."""
-    from pancreas_mtl.nnunet.train_command import augmentation_workers_per_gpu
+    from pancreas_mtl.training.train_command import augmentation_workers_per_gpu
 
     assert augmentation_workers_per_gpu("auto", 8, 4) == 2
     assert augmentation_workers_per_gpu("auto", 8, 1) == 8

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from pancreas_mtl.inference.benchmark import ROWS, STEPS
+from pancreas_mtl.benchmarks.inference import ROWS, STEPS
 from tests.workflow_helpers import run_snakemake, snakemake_output
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ os.environ.update(
 )
 
 from pancreas_mtl.config import check_config  # noqa: E402
-from pancreas_mtl.inference.lesion_prior import lesion_prior_threshold  # noqa: E402
+from pancreas_mtl.config import lesion_prior_threshold  # noqa: E402
 from pancreas_mtl.nnunet.environment import dataset_folder_name  # noqa: E402
 from pancreas_mtl.nnunet.planning import training_configuration_name  # noqa: E402
 from pancreas_mtl.nnunet.trainer_names import STAGE1_TRAINER  # noqa: E402

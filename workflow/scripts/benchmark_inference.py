@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from pancreas_mtl.inference.benchmark import benchmark_split
+from pancreas_mtl.benchmarks.inference import benchmark_split
 from pancreas_mtl.inference.run import InferenceSettings
 from pancreas_mtl.script_logging import run_logged
 

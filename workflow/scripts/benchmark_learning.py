@@ -32,13 +32,13 @@ SCRIPT_REPO = Path(__file__).resolve().parents[2]
 
 
 def _package():
-    """``pancreas_mtl.report.learning_benchmark`` from this checkout's src/ (before an installed copy)."""
+    """``pancreas_mtl.benchmarks.learning`` from this checkout's src/ (before an installed copy)."""
     src = str(SCRIPT_REPO / "src")
     if src not in sys.path:
         sys.path.insert(0, src)
-    from pancreas_mtl.report import learning_benchmark
+    from pancreas_mtl.benchmarks import learning
 
-    return learning_benchmark
+    return learning
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -109,7 +109,9 @@ def main(argv=None) -> int:
 
     summary = lb.summarise_runs(records, seeds=args.seeds, commit=commit, config_overrides=overrides)
     lb.write_json(out / "summary.json", summary)
-    lb.plot_learning_summary(summary, out / "summary.png", lb.DEFAULT_TARGETS)
+    from pancreas_mtl.report import plots  # from this checkout's src/, put first on the path by _package()
+
+    plots.plot_learning_summary(summary, out / "summary.png", lb.DEFAULT_TARGETS)
     for field in lb.AGGREGATE_FIELDS:
         stats = summary["aggregate"][field]
         print(f"{field}: mean {lb.fmt_number(stats['mean'])}, min {lb.fmt_number(stats['min'])}, "

@@ -1,4 +1,4 @@
-from pancreas_mtl.inference.real_scale import make_untrained_model_folder
+from pancreas_mtl.benchmarks.real_scale import make_untrained_model_folder
 from pancreas_mtl.script_logging import run_logged
 
 

@@ -2,14 +2,14 @@ import logging
 from pathlib import Path
 
 from pancreas_mtl.nnunet.environment import NnunetFolders
-from pancreas_mtl.nnunet.train_command import (
+from pancreas_mtl.script_logging import run_logged
+from pancreas_mtl.training.job import train_and_publish
+from pancreas_mtl.training.settings import stage_settings
+from pancreas_mtl.training.train_command import (
     ModelFold,
     augmentation_workers_per_gpu,
     wandb_run_folders,
 )
-from pancreas_mtl.script_logging import run_logged
-from pancreas_mtl.training.job import train_and_publish
-from pancreas_mtl.training.settings import stage_settings
 
 
 def main():

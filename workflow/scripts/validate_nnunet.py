@@ -1,9 +1,9 @@
 from pathlib import Path
 
 from pancreas_mtl.nnunet.environment import NnunetFolders
-from pancreas_mtl.nnunet.train_command import ModelFold, validate_stage
 from pancreas_mtl.script_logging import run_logged
 from pancreas_mtl.training.settings import stage_settings
+from pancreas_mtl.training.train_command import ModelFold, validate_stage
 
 
 def main():

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pancreas_mtl.data.tables import read_checked_csv
 from pancreas_mtl.data.labels import SUBTYPES
+from pancreas_mtl.data.tables import read_checked_csv
 from pancreas_mtl.errors import UserInputError
 
 CLASS_PROBABILITIES_FILE = "class_probabilities.csv"

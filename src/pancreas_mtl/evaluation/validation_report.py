@@ -22,6 +22,7 @@ from pancreas_mtl.data.class_probabilities import (
     class_probabilities_path,
     read_class_probabilities,
 )
+from pancreas_mtl.data.lesion_prior_record import WITHOUT_PRIOR_FOLDER, read_prior_record
 from pancreas_mtl.data.quiz_layout import NIFTI_SUFFIX, mask_file_name
 from pancreas_mtl.errors import UserInputError
 from pancreas_mtl.evaluation.classification import classification_metrics
@@ -36,7 +37,6 @@ from pancreas_mtl.evaluation.summary import (
     write_metrics,
     write_prior_effect,
 )
-from pancreas_mtl.inference.lesion_prior import WITHOUT_PRIOR_FOLDER, read_prior_record
 
 log = logging.getLogger(__name__)
 

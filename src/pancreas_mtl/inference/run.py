@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pancreas_mtl.inference.lesion_prior import write_prior_record
+from pancreas_mtl.data.lesion_prior_record import write_prior_record
 from pancreas_mtl.inference.predictor import MultiTaskPredictor
-from pancreas_mtl.nnunet.environment import register_trainers, resolve_device
+from pancreas_mtl.nnunet.environment import register_trainers
+from pancreas_mtl.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 

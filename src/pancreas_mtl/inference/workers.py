@@ -16,11 +16,8 @@ from nnunetv2.inference.export_prediction import (
     export_prediction_from_logits,
 )
 
-from pancreas_mtl.inference.lesion_prior import (
-    WITHOUT_PRIOR_FOLDER,
-    apply_lesion_presence_prior,
-    lesion_output_channel,
-)
+from pancreas_mtl.data.lesion_prior_record import WITHOUT_PRIOR_FOLDER
+from pancreas_mtl.inference.lesion_prior import apply_lesion_presence_prior, lesion_output_channel
 
 WORKERS_MODULE = __name__
 

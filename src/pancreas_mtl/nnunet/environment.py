@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from pancreas_mtl.runtime import run_command
 
-# nnU-Net 2.8 searches the folders in nnUNet_extTrainer (after its own) for trainer classes by name.
-TRAINER_DIR = Path(__file__).resolve().parent / "ext_trainers"
+# nnU-Net 2.8 searches the folders in nnUNet_extTrainer (after its own) for trainer classes by name. The shim there
+# imports the trainers (pancreas_mtl.training); known here as a path only, so this adapter imports nothing above it.
+TRAINER_DIR = Path(__file__).resolve().parents[1] / "training" / "ext_trainers"
 
 
 @dataclass(frozen=True)
@@ -57,15 +54,6 @@ def register_trainers() -> None:
         os.environ["nnUNet_extTrainer"] = os.pathsep.join([str(TRAINER_DIR), *folders])
 
 
-def resolve_device(device: str) -> str:
-    """'auto' picks CUDA where torch sees a GPU, else the CPU."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def dataset_folder_name(dataset_id: int, name: str) -> str:
     return f"Dataset{int(dataset_id):03d}_{name}"
 
@@ -89,55 +77,7 @@ def nnunet_executable(name: str) -> str:
     return found
 
 
-class CommandFailed(RuntimeError):
-    def __init__(self, what: str, args: list[str], returncode: int):
-        self.returncode = returncode
-        super().__init__(f"{what} failed (exit code {returncode}): {' '.join(args)}")
-
-
 def run_nnunet_command(args: list[str], env: dict[str, str], what: str, graceful_stop: bool = False) -> None:
     """Run an nnU-Net CLI, streaming its output into our log; a failure names the command (see
     :func:`run_command` for ``graceful_stop``)."""
     run_command([nnunet_executable(args[0]), *args[1:]], env, what, graceful_stop)
-
-
-@contextmanager
-def _waiting_through_sigterm(proc: subprocess.Popen, what: str):
-    """While ``proc`` runs, SIGTERM does not end this process: it is passed on to ``proc`` (which may have had it
-    too: a scheduler signals every process of a job), and this process keeps waiting for it."""
-    def forward(signum, frame):
-        log.warning("SIGTERM received: waiting for %s to stop", what)
-        if proc.poll() is None:
-            proc.send_signal(signum)
-
-    previous = signal.signal(signal.SIGTERM, forward)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def run_command(args: list[str], env: dict[str, str] | None, what: str, graceful_stop: bool = False) -> None:
-    """Run a command, streaming its output line by line into our log; a failure (:class:`CommandFailed`) names
-    the command.
-
-    ``graceful_stop``: for a command that stops by itself on SIGTERM (the trainers): it starts with SIGTERM ignored,
-    so that only the processes that handle it act on it (nnU-Net's DDP launcher would otherwise die and leave its
-    ranks behind), and this process waits for it to finish instead of leaving first."""
-    # Child output goes line by line into our log (a pipe would otherwise buffer it for minutes).
-    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
-    log.info("running: %s", " ".join(args))
-    ignore_sigterm = (lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN)) if graceful_stop else None
-    proc = subprocess.Popen(
-        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-        preexec_fn=ignore_sigterm,
-    )
-    assert proc.stdout is not None
-    with _waiting_through_sigterm(proc, what) if graceful_stop else nullcontext():
-        for line in proc.stdout:
-            line = line.rstrip()
-            if line:
-                log.info("[%s] %s", what, line)
-        returncode = proc.wait()
-    if returncode != 0:
-        raise CommandFailed(what, args, returncode)

@@ -9,8 +9,9 @@ Colours follow the Okabe-Ito palette (colour-blind safe).
 from __future__ import annotations
 
 import math
+import statistics
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -24,6 +25,8 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from pancreas_mtl.benchmarks import learning
+from pancreas_mtl.benchmarks.rows import BENCHMARK_ROWS
 from pancreas_mtl.data.labels import BACKGROUND_LABEL, LESION_LABEL, SUBTYPES
 
 DPI = 120
@@ -44,16 +47,8 @@ SUBTYPE_COLOURS = (OKABE_ITO["blue"], OKABE_ITO["orange"], OKABE_ITO["reddish_pu
 REGION_COLOURS = {"whole": OKABE_ITO["bluish_green"], "lesion": OKABE_ITO["vermillion"]}
 PANCREAS_COLOUR = OKABE_ITO["sky_blue"]
 LESION_COLOUR = OKABE_ITO["orange"]
-#: the benchmark's rows, in its order (pancreas_mtl.inference.benchmark.ROWS)
-PATH_COLOURS = {"stock_segmentation": OKABE_ITO["black"], "baseline": OKABE_ITO["grey"],
-                "optimized_stock_settings": OKABE_ITO["sky_blue"], "optimized": OKABE_ITO["blue"],
-                "one_pass": OKABE_ITO["orange"], "end_to_end_bound": OKABE_ITO["yellow"]}
-PATH_LABELS = {"stock_segmentation": "1 stock segmentation", "baseline": "2 baseline (stock + class pass)",
-               "optimized_stock_settings": "3 optimized, stock settings", "optimized": "4 optimized",
-               "one_pass": "5 one pass (compute bound)", "end_to_end_bound": "6 end-to-end bound"}
-PATH_TICKS = {"stock_segmentation": "1 stock\nseg.", "baseline": "2 base-\nline",
-              "optimized_stock_settings": "3 opt.\nstock set.", "optimized": "4 opti-\nmized",
-              "one_pass": "5 one\npass", "end_to_end_bound": "6 end-to-\nend bound"}
+#: the benchmark's rows, in its order, by name
+BENCHMARK_ROW = {row.name: row for row in BENCHMARK_ROWS}
 
 CT_LEVEL_HU = 40.0
 CT_WIDTH_HU = 400.0
@@ -459,10 +454,15 @@ def _number(benchmark: Mapping, key: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _row_colour(row: str) -> str:
+    known = BENCHMARK_ROW.get(row)
+    return OKABE_ITO[known.colour if known else "grey"]
+
+
 def plot_benchmark(benchmark: dict, per_case: pd.DataFrame | None, out_png: str | Path) -> Path:
     """Total inference time per row, warm (bars) and cold (markers), speed-up annotated; per-case times; peak
     memory."""
-    paths = [p for p in PATH_TICKS if _number(benchmark, f"{p}_seconds_total") is not None]
+    rows = [r for r in BENCHMARK_ROW if _number(benchmark, f"{r}_seconds_total") is not None]
     have_per_case = per_case is not None and len(per_case) > 0 and {"case_id", "path", "seconds"} <= set(per_case)
     widths = [1.8, 2.2, 1.5] if have_per_case else [1.8, 1.5]
     fig, axes = plt.subplots(1, len(widths), figsize=(3.3 * sum(widths) + 1.0, 4.8), width_ratios=widths,
@@ -470,12 +470,12 @@ def plot_benchmark(benchmark: dict, per_case: pd.DataFrame | None, out_png: str 
     ax_total, ax_mem = axes[0], axes[-1]
 
     # total time
-    totals = [_number(benchmark, f"{p}_seconds_total") for p in paths]
-    bars = ax_total.bar([PATH_TICKS[p] for p in paths], totals, color=[PATH_COLOURS[p] for p in paths])
+    totals = [_number(benchmark, f"{r}_seconds_total") for r in rows]
+    bars = ax_total.bar([BENCHMARK_ROW[r].tick for r in rows], totals, color=[_row_colour(r) for r in rows])
     for bar, value in zip(bars, totals):
         ax_total.annotate(f"{value:.1f} s", (bar.get_x() + bar.get_width() / 2, value), xytext=(0, 3),
                           textcoords="offset points", ha="center", va="bottom", fontsize=8)
-    colds = [_number(benchmark, f"{p}_cold_seconds") for p in paths]
+    colds = [_number(benchmark, f"{r}_cold_seconds") for r in rows]
     if any(c is not None for c in colds):
         xs = [bar.get_x() + bar.get_width() / 2 for bar, c in zip(bars, colds) if c is not None]
         ax_total.scatter(xs, [c for c in colds if c is not None], marker="_", s=300, color=OKABE_ITO["vermillion"],
@@ -517,13 +517,14 @@ def plot_benchmark(benchmark: dict, per_case: pd.DataFrame | None, out_png: str 
         table = per_case.copy()
         table["seconds"] = pd.to_numeric(table["seconds"], errors="coerce")
         wide = table.pivot_table(index="case_id", columns="path", values="seconds", aggfunc="mean")
-        case_paths = [p for p in PATH_TICKS if p in wide.columns]
-        case_paths += sorted(set(wide.columns) - set(case_paths))
+        case_rows = [r for r in BENCHMARK_ROW if r in wide.columns]
+        case_rows += sorted(set(wide.columns) - set(case_rows))
         x = np.arange(len(wide))
-        width = 0.8 / max(1, len(case_paths))
-        for i, p in enumerate(case_paths):
-            ax_case.bar(x + (i - (len(case_paths) - 1) / 2) * width, wide[p].to_numpy(), width,
-                        color=PATH_COLOURS.get(p, OKABE_ITO["grey"]), label=PATH_LABELS.get(p, p))
+        width = 0.8 / max(1, len(case_rows))
+        for i, r in enumerate(case_rows):
+            known = BENCHMARK_ROW.get(r)
+            ax_case.bar(x + (i - (len(case_rows) - 1) / 2) * width, wide[r].to_numpy(), width,
+                        color=_row_colour(r), label=known.label if known else r)
         fontsize = 8 if len(wide) <= 20 else 6
         ax_case.set_xticks(x, list(wide.index), rotation=90 if len(wide) > 6 else 30,
                            ha="center" if len(wide) > 6 else "right", fontsize=fontsize)
@@ -534,21 +535,21 @@ def plot_benchmark(benchmark: dict, per_case: pd.DataFrame | None, out_png: str 
             ax_case.set_xlabel("case")
         ax_case.set_ylabel("work per case (s): measured steps")
         ax_case.set_title("Time per case", fontsize=11)
-        ax_case.legend(frameon=False, fontsize=9, title="path")
+        ax_case.legend(frameon=False, fontsize=9, title="row")
         ax_case.grid(True, axis="y", alpha=0.3)
 
     # peak memory
-    mem_paths = [p for p in PATH_TICKS if _number(benchmark, f"{p}_peak_memory_mb")]
-    if mem_paths:
-        mem = [_number(benchmark, f"{p}_peak_memory_mb") for p in mem_paths]
-        bars = ax_mem.bar([PATH_TICKS[p] for p in mem_paths], mem, color=[PATH_COLOURS[p] for p in mem_paths])
+    mem_rows = [r for r in BENCHMARK_ROW if _number(benchmark, f"{r}_peak_memory_mb")]
+    if mem_rows:
+        mem = [_number(benchmark, f"{r}_peak_memory_mb") for r in mem_rows]
+        bars = ax_mem.bar([BENCHMARK_ROW[r].tick for r in mem_rows], mem, color=[_row_colour(r) for r in mem_rows])
         for bar, value in zip(bars, mem):
             ax_mem.annotate(f"{value:,.0f}", (bar.get_x() + bar.get_width() / 2, value), xytext=(0, 3),
                             textcoords="offset points", ha="center", va="bottom", fontsize=8)
         ax_mem.set_ylim(0, max(mem) * 1.2)
-        if all(f"{p}_peak_gpu_mb" in benchmark for p in mem_paths):
+        if all(f"{r}_peak_gpu_mb" in benchmark for r in mem_rows):
             kind = "peak GPU memory"
-        elif all(f"{p}_peak_rss_mb" in benchmark for p in mem_paths):
+        elif all(f"{r}_peak_rss_mb" in benchmark for r in mem_rows):
             kind = "peak resident memory (RSS)"
         else:
             kind = "peak memory"
@@ -581,3 +582,94 @@ def plot_benchmark(benchmark: dict, per_case: pd.DataFrame | None, out_png: str 
         title += "\n" + "; ".join(extras)
     fig.suptitle(title, fontsize=11)
     return _finish(fig, out_png)
+
+
+def plot_learning_summary(summary: Mapping, path: str | Path, targets: Mapping[str, float] | None = None,
+                          minutes_target: float | None = learning.TARGET_MINUTES) -> Path:
+    """Metrics per seed (dots, mean tick, dashed targets) beside minutes per run (bars, the time budget)."""
+    targets = learning.DEFAULT_TARGETS if targets is None else targets
+    runs = list(summary.get("runs") or [])
+    ok = [r for r in runs if r.get("status", "ok") == "ok"]
+    seeds = [r["seed"] for r in runs]
+    palette = [OKABE_ITO[c] for c in ("blue", "orange", "bluish_green", "reddish_purple", "sky_blue",
+                                            "vermillion", "yellow", "black")]
+    colour = {s: palette[i % len(palette)] for i, s in enumerate(seeds)}
+
+    # the headline metrics, each followed by its variants the runs report (e.g. *_without_prior)
+    columns: list[tuple[str, Callable[[Mapping], float | None], float | None]] = []
+    metric_keys = list(summary.get("aggregate_metrics") or {})
+    for field, key in learning.HEADLINE_METRICS.items():
+        columns.append((learning.HEADLINE_LABELS[field], lambda r, f=field: learning.finite_number(r.get(f)), targets.get(field)))
+        for variant in (k for k in metric_keys if k.startswith(key + "_")):
+            suffix = variant[len(key) + 1:].replace("_", " ")
+            columns.append((f"{learning.HEADLINE_LABELS[field]}\n({suffix})",
+                            lambda r, k=variant: learning.finite_number((r.get("metrics") or {}).get(k)), targets.get(field)))
+
+    fig, (ax_m, ax_t) = plt.subplots(1, 2, figsize=(max(8.5, 2.0 * len(columns) + 4.5), 4.8),
+                                     width_ratios=[max(2.0, len(columns) * 0.9), 1.4], layout="constrained")
+    n_ok = max(1, len(ok))
+    offsets = [0.0] if n_ok == 1 else [-0.18 + 0.36 * i / (n_ok - 1) for i in range(n_ok)]
+    target_drawn = mean_drawn = False
+    for x, (label, value_of, target) in enumerate(columns):
+        values = [value_of(r) for r in ok]
+        for dx, run, value in zip(offsets, ok, values):
+            if value is None:
+                continue
+            ax_m.scatter(x + dx, value, s=40, color=colour[run["seed"]], edgecolor="white", linewidth=0.6, zorder=3,
+                         label=f"seed {run['seed']}")
+            ax_m.annotate(str(run["seed"]), (x + dx, value), xytext=(4, 2), textcoords="offset points", fontsize=7,
+                          color=colour[run["seed"]])
+        defined = [v for v in values if v is not None]
+        if defined:
+            mean = statistics.fmean(defined)
+            ax_m.hlines(mean, x - 0.28, x + 0.28, color=OKABE_ITO["black"], linewidth=2, zorder=2,
+                        label=None if mean_drawn else "mean over runs")
+            ax_m.annotate(f"{mean:.3f}", (x + 0.28, mean), xytext=(2, -3), textcoords="offset points", fontsize=7)
+            mean_drawn = True
+        if target is not None:
+            ax_m.hlines(target, x - 0.4, x + 0.4, color=OKABE_ITO["vermillion"], linestyle="--", linewidth=1.2,
+                        zorder=1, label=None if target_drawn else "target")
+            target_drawn = True
+    ax_m.set_xticks(range(len(columns)), [c[0] for c in columns], fontsize=9)
+    ax_m.set_xlim(-0.6, len(columns) - 0.4)
+    ax_m.set_ylim(-0.03, 1.05)
+    ax_m.set_ylabel("validation score (0-1, higher is better)")
+    ax_m.set_title("Validation metrics per run (mean tick, dashed target)", fontsize=11)
+    ax_m.grid(True, axis="y", alpha=0.3)
+    handles = dict(zip(*reversed(ax_m.get_legend_handles_labels())))
+    if handles:
+        ax_m.legend(list(handles.values()), list(handles.keys()), loc="best", fontsize=8, frameon=True)
+    if not ok:
+        ax_m.text(0.5, 0.5, "no successful run", ha="center", va="center", transform=ax_m.transAxes)
+
+    # minutes per run (failed runs hatched grey)
+    xs = range(len(runs))
+    minutes = [learning.finite_number(r.get("minutes")) or 0.0 for r in runs]
+    bars = ax_t.bar(xs, minutes, color=[colour[r["seed"]] if r.get("status", "ok") == "ok"
+                                        else OKABE_ITO["grey"] for r in runs])
+    for bar, run, value in zip(bars, runs, minutes):
+        failed = run.get("status", "ok") != "ok"
+        if failed:
+            bar.set_hatch("//")
+        ax_t.annotate(f"{value:.1f}" + (" failed" if failed else ""),
+                      (bar.get_x() + bar.get_width() / 2, value), xytext=(0, 3), textcoords="offset points",
+                      ha="center", va="bottom", fontsize=8)
+    top = max(minutes, default=0.0)
+    if minutes_target is not None:
+        ax_t.axhline(minutes_target, color=OKABE_ITO["vermillion"], linestyle="--", linewidth=1.2)
+        ax_t.text(0.99, minutes_target, f"{minutes_target:g} min", transform=ax_t.get_yaxis_transform(),
+                  ha="right", va="bottom", fontsize=8, color=OKABE_ITO["vermillion"])
+        top = max(top, minutes_target)
+    ax_t.set_ylim(0, top * 1.2 if top > 0 else 1.0)
+    ax_t.set_xticks(list(xs), [f"seed {s}" for s in seeds], fontsize=9)
+    ax_t.set_ylabel("minutes end to end")
+    mean_minutes = (summary.get("aggregate") or {}).get("minutes", {}).get("mean")
+    ax_t.set_title(f"Time per run (mean {learning.fmt_number(mean_minutes, 1)} min)", fontsize=11)
+    ax_t.grid(True, axis="y", alpha=0.3)
+
+    commit = summary.get("commit")
+    title = f"Learning benchmark: {len(ok)}/{len(runs)} runs succeeded, commit {str(commit)[:8] if commit else 'n/a'}"
+    if summary.get("failed_seeds"):
+        title += f" (failed seeds: {', '.join(map(str, summary['failed_seeds']))})"
+    fig.suptitle(title, fontsize=12)
+    return _finish(fig, path)

@@ -16,10 +16,11 @@ import logging
 from pathlib import Path
 
 from pancreas_mtl.errors import TrainingStopped
-from pancreas_mtl.nnunet.environment import CommandFailed, NnunetFolders
-from pancreas_mtl.nnunet.train_command import ModelFold, train_stage
+from pancreas_mtl.nnunet.environment import NnunetFolders
+from pancreas_mtl.runtime import CommandFailed
 from pancreas_mtl.training import work_folder
 from pancreas_mtl.training.settings import TrainingSettings
+from pancreas_mtl.training.train_command import ModelFold, train_stage
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ BaseLoader), which the schema's ``integer`` refuses. Config files are merged rec
 ``config/config.yaml``, so only the named keys change.
 
 :func:`summarise_runs` aggregates the runs (mean, min, max, sample std over the successful ones);
-:func:`plot_learning_summary` draws the metrics per seed and the minutes per run.
+:func:`pancreas_mtl.report.plots.plot_learning_summary` draws the metrics per seed and the minutes per run.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ import yaml
 
 from pancreas_mtl.errors import UserInputError
 from pancreas_mtl.evaluation.summary import write_json
-from pancreas_mtl.report import plots
 
 #: headline fields of a run -> key of the workflow's ``results/metrics/summary.json``
 HEADLINE_METRICS = {
@@ -192,7 +191,7 @@ def overrides_tree(seed: int, overrides: Mapping) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- records
-def _number(value) -> float | None:
+def finite_number(value) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     value = float(value)
@@ -208,7 +207,7 @@ def run_record(seed: int, minutes: float | None, metrics: Mapping | None, *, com
     metrics = dict(metrics or {})
     record = {"seed": int(seed), "status": status, "minutes": minutes}
     for field, key in HEADLINE_METRICS.items():
-        record[field] = _number(metrics.get(key)) if status == "ok" else None
+        record[field] = finite_number(metrics.get(key)) if status == "ok" else None
     record.update({
         "metrics": metrics,
         "commit": commit,
@@ -227,7 +226,7 @@ def run_record(seed: int, minutes: float | None, metrics: Mapping | None, *, com
 
 
 def _stats(values) -> dict:
-    numbers = [v for v in (_number(v) for v in values) if v is not None]
+    numbers = [v for v in (finite_number(v) for v in values) if v is not None]
     if not numbers:
         return {"mean": None, "min": None, "max": None, "std": None, "n": 0}
     return {
@@ -244,7 +243,7 @@ def aggregated_metric_keys(records: Sequence[Mapping]) -> list[str]:
     keys: dict[str, None] = {}
     for record in records:
         for key, value in (record.get("metrics") or {}).items():
-            if AGGREGATED_KEY.match(str(key)) and _number(value) is not None:
+            if AGGREGATED_KEY.match(str(key)) and finite_number(value) is not None:
                 keys.setdefault(str(key))
     return list(keys)
 
@@ -376,98 +375,5 @@ def run_seed(seed: int, *, repo_root: str | Path, out_dir: str | Path, snakemake
     return {**record, "reused": False}
 
 
-# ---------------------------------------------------------------------------------------------- plot
 def fmt_number(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def plot_learning_summary(summary: Mapping, path: str | Path, targets: Mapping[str, float] | None = None,
-                          minutes_target: float | None = TARGET_MINUTES) -> Path:
-    """Metrics per seed (dots, mean tick, dashed targets) beside minutes per run (bars, the time budget)."""
-    plt = plots.plt
-    targets = DEFAULT_TARGETS if targets is None else targets
-    runs = list(summary.get("runs") or [])
-    ok = [r for r in runs if r.get("status", "ok") == "ok"]
-    seeds = [r["seed"] for r in runs]
-    palette = [plots.OKABE_ITO[c] for c in ("blue", "orange", "bluish_green", "reddish_purple", "sky_blue",
-                                            "vermillion", "yellow", "black")]
-    colour = {s: palette[i % len(palette)] for i, s in enumerate(seeds)}
-
-    # the headline metrics, each followed by its variants the runs report (e.g. *_without_prior)
-    columns: list[tuple[str, Callable[[Mapping], float | None], float | None]] = []
-    metric_keys = list(summary.get("aggregate_metrics") or {})
-    for field, key in HEADLINE_METRICS.items():
-        columns.append((HEADLINE_LABELS[field], lambda r, f=field: _number(r.get(f)), targets.get(field)))
-        for variant in (k for k in metric_keys if k.startswith(key + "_")):
-            suffix = variant[len(key) + 1:].replace("_", " ")
-            columns.append((f"{HEADLINE_LABELS[field]}\n({suffix})",
-                            lambda r, k=variant: _number((r.get("metrics") or {}).get(k)), targets.get(field)))
-
-    fig, (ax_m, ax_t) = plt.subplots(1, 2, figsize=(max(8.5, 2.0 * len(columns) + 4.5), 4.8),
-                                     width_ratios=[max(2.0, len(columns) * 0.9), 1.4], layout="constrained")
-    n_ok = max(1, len(ok))
-    offsets = [0.0] if n_ok == 1 else [-0.18 + 0.36 * i / (n_ok - 1) for i in range(n_ok)]
-    target_drawn = mean_drawn = False
-    for x, (label, value_of, target) in enumerate(columns):
-        values = [value_of(r) for r in ok]
-        for dx, run, value in zip(offsets, ok, values):
-            if value is None:
-                continue
-            ax_m.scatter(x + dx, value, s=40, color=colour[run["seed"]], edgecolor="white", linewidth=0.6, zorder=3,
-                         label=f"seed {run['seed']}")
-            ax_m.annotate(str(run["seed"]), (x + dx, value), xytext=(4, 2), textcoords="offset points", fontsize=7,
-                          color=colour[run["seed"]])
-        defined = [v for v in values if v is not None]
-        if defined:
-            mean = statistics.fmean(defined)
-            ax_m.hlines(mean, x - 0.28, x + 0.28, color=plots.OKABE_ITO["black"], linewidth=2, zorder=2,
-                        label=None if mean_drawn else "mean over runs")
-            ax_m.annotate(f"{mean:.3f}", (x + 0.28, mean), xytext=(2, -3), textcoords="offset points", fontsize=7)
-            mean_drawn = True
-        if target is not None:
-            ax_m.hlines(target, x - 0.4, x + 0.4, color=plots.OKABE_ITO["vermillion"], linestyle="--", linewidth=1.2,
-                        zorder=1, label=None if target_drawn else "target")
-            target_drawn = True
-    ax_m.set_xticks(range(len(columns)), [c[0] for c in columns], fontsize=9)
-    ax_m.set_xlim(-0.6, len(columns) - 0.4)
-    ax_m.set_ylim(-0.03, 1.05)
-    ax_m.set_ylabel("validation score (0-1, higher is better)")
-    ax_m.set_title("Validation metrics per run (mean tick, dashed target)", fontsize=11)
-    ax_m.grid(True, axis="y", alpha=0.3)
-    handles = dict(zip(*reversed(ax_m.get_legend_handles_labels())))
-    if handles:
-        ax_m.legend(list(handles.values()), list(handles.keys()), loc="best", fontsize=8, frameon=True)
-    if not ok:
-        ax_m.text(0.5, 0.5, "no successful run", ha="center", va="center", transform=ax_m.transAxes)
-
-    # minutes per run (failed runs hatched grey)
-    xs = range(len(runs))
-    minutes = [_number(r.get("minutes")) or 0.0 for r in runs]
-    bars = ax_t.bar(xs, minutes, color=[colour[r["seed"]] if r.get("status", "ok") == "ok"
-                                        else plots.OKABE_ITO["grey"] for r in runs])
-    for bar, run, value in zip(bars, runs, minutes):
-        failed = run.get("status", "ok") != "ok"
-        if failed:
-            bar.set_hatch("//")
-        ax_t.annotate(f"{value:.1f}" + (" failed" if failed else ""),
-                      (bar.get_x() + bar.get_width() / 2, value), xytext=(0, 3), textcoords="offset points",
-                      ha="center", va="bottom", fontsize=8)
-    top = max(minutes, default=0.0)
-    if minutes_target is not None:
-        ax_t.axhline(minutes_target, color=plots.OKABE_ITO["vermillion"], linestyle="--", linewidth=1.2)
-        ax_t.text(0.99, minutes_target, f"{minutes_target:g} min", transform=ax_t.get_yaxis_transform(),
-                  ha="right", va="bottom", fontsize=8, color=plots.OKABE_ITO["vermillion"])
-        top = max(top, minutes_target)
-    ax_t.set_ylim(0, top * 1.2 if top > 0 else 1.0)
-    ax_t.set_xticks(list(xs), [f"seed {s}" for s in seeds], fontsize=9)
-    ax_t.set_ylabel("minutes end to end")
-    mean_minutes = (summary.get("aggregate") or {}).get("minutes", {}).get("mean")
-    ax_t.set_title(f"Time per run (mean {fmt_number(mean_minutes, 1)} min)", fontsize=11)
-    ax_t.grid(True, axis="y", alpha=0.3)
-
-    commit = summary.get("commit")
-    title = f"Learning benchmark: {len(ok)}/{len(runs)} runs succeeded, commit {str(commit)[:8] if commit else 'n/a'}"
-    if summary.get("failed_seeds"):
-        title += f" (failed seeds: {', '.join(map(str, summary['failed_seeds']))})"
-    fig.suptitle(title, fontsize=12)
-    return plots._finish(fig, path)

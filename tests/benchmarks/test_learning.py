@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pancreas_mtl.benchmarks import learning as lb
 from pancreas_mtl.errors import UserInputError
 from pancreas_mtl.evaluation.summary import write_json
-from pancreas_mtl.report import learning_benchmark as lb
+from pancreas_mtl.report import plots
 from tests.report.helpers import assert_png
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,7 +109,7 @@ def test_summary_with_no_successful_run_is_still_valid_json(tmp_path):
     assert summary["aggregate_metrics"] == {}
     write_json(tmp_path / "summary.json", summary)
     assert json.loads((tmp_path / "summary.json").read_text())["n_ok"] == 0
-    assert_png(lb.plot_learning_summary(summary, tmp_path / "summary.png"))
+    assert_png(plots.plot_learning_summary(summary, tmp_path / "summary.png"))
 
 
 # ---------------------------------------------------------------------------------------------- config overrides
@@ -160,7 +161,7 @@ def test_the_plot_is_a_png_with_every_run(tmp_path):
                ok_record(2, 17.7, metrics(0.95, 0.87, 1.0, lesion_dice_mean_without_prior=0.75)),
                failed_record(3, 2.0)]
     summary = lb.summarise_runs(records)
-    out = lb.plot_learning_summary(summary, tmp_path / "plots" / "summary.png", lb.DEFAULT_TARGETS)
+    out = plots.plot_learning_summary(summary, tmp_path / "plots" / "summary.png", lb.DEFAULT_TARGETS)
     assert out == tmp_path / "plots" / "summary.png"
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out.stat().st_size > 20_000

@@ -42,25 +42,18 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pancreas_mtl.benchmarks.rows import ROWS
 from pancreas_mtl.data.case_table import split_images
 from pancreas_mtl.data.class_probabilities import read_class_probabilities, write_class_probabilities
 from pancreas_mtl.errors import UserInputError
 from pancreas_mtl.evaluation.segmentation import dice
-from pancreas_mtl.inference.workers import preprocess_case
 from pancreas_mtl.inference.run import InferenceSettings, build_predictor, case_id_of_image, predict_images
-from pancreas_mtl.nnunet.environment import register_trainers, run_command
+from pancreas_mtl.inference.workers import preprocess_case
+from pancreas_mtl.nnunet.environment import register_trainers
+from pancreas_mtl.runtime import run_command
 
 log = logging.getLogger(__name__)
 
-#: the rows, in order, with what each one is (README and plots use the same words)
-ROWS = {
-    "stock_segmentation": "stock nnU-Net, defaults, masks only",
-    "baseline": "stock nnU-Net + second classification pass",
-    "optimized_stock_settings": "optimized at the stock's settings (all mirrors, step 0.5)",
-    "optimized": "optimized, configured settings",
-    "one_pass": "compute-only bound",
-    "end_to_end_bound": "end-to-end bound (read + compute + write)",
-}
 STEPS = ("preprocessing_seconds", "compute_seconds", "export_seconds")
 #: where ``run_benchmark`` tells each row's process when it was launched (its cold time starts there)
 LAUNCHED_AT = "launched_at"
@@ -131,21 +124,21 @@ def _stock_pass(stock, timer: _CaseTimer, images: list[Path], masks_dir: Path, s
     return [_steps(compute=s) for s in timer.seconds[-len(images):]]
 
 
-def run_path(path: str, model_folder: Path, folds: list[int], checkpoint_name: str, images: list[Path],
+def run_row(row: str, model_folder: Path, folds: list[int], checkpoint_name: str, images: list[Path],
              out_dir: Path, settings: InferenceSettings, repeats: int, launched_at: float | None = None) -> dict:
-    """One benchmark row, in this process. Writes masks (and class probabilities) under out_dir/path."""
+    """One benchmark row, in this process. Writes masks (and class probabilities) under out_dir/<row>."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     started = time.time()
     launched_at = started if launched_at is None else launched_at
     register_trainers()
     device = settings.torch_device()
-    masks_dir = out_dir / path
+    masks_dir = out_dir / row
     case_ids = [case_id_of_image(i) for i in images]
-    result: dict = {"path": path, "cases": case_ids, "repeats": repeats}
+    result: dict = {"path": row, "cases": case_ids, "repeats": repeats}
     preparation_seconds = 0.0
-    if path in ("optimized", "optimized_stock_settings"):
-        if path == "optimized_stock_settings":
+    if row in ("optimized", "optimized_stock_settings"):
+        if row == "optimized_stock_settings":
             settings = replace(settings, tile_step_size=0.5, mirror_axes=None)
         predictor = build_predictor(model_folder, folds, checkpoint_name, settings)
         result["mirror_axes"] = list(predictor.allowed_mirroring_axes or ()) if predictor.use_mirroring else []
@@ -155,26 +148,26 @@ def run_path(path: str, model_folder: Path, folds: list[int], checkpoint_name: s
             probabilities = predict_images(predictor, images, masks_dir, settings)
             return probabilities, [predictor.case_seconds[c] for c in case_ids]
 
-    elif path in ("stock_segmentation", "baseline"):
+    elif row in ("stock_segmentation", "baseline"):
         stock = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True, device=device,
                                 verbose=False, allow_tqdm=False)
         stock.initialize_from_trained_model_folder(str(model_folder), tuple(folds), checkpoint_name)
         timer = _CaseTimer(stock)
-        if path == "baseline":
+        if row == "baseline":
             second = build_predictor(model_folder, folds, checkpoint_name,
                                      replace(settings, tile_step_size=0.5, mirror_axes=(), channels_last=False),
                                      start_workers=False)
 
         def one_pass_over_cases():
             segmentation = _stock_pass(stock, timer, images, masks_dir, settings)
-            if path == "stock_segmentation":
+            if row == "stock_segmentation":
                 return None, segmentation
             probabilities, classification = _second_pass_classification(second, images)
             # the second preprocessing is the baseline's own; stock's first one is not timed per case
             return probabilities, [_steps(c["preprocessing_seconds"], s["compute_seconds"] + c["compute_seconds"])
                                    for s, c in zip(segmentation, classification)]
 
-    elif path in ("one_pass", "end_to_end_bound"):
+    elif row in ("one_pass", "end_to_end_bound"):
         predictor = build_predictor(model_folder, folds, checkpoint_name,
                                     replace(settings, tile_step_size=1.0, mirror_axes=()), start_workers=False)
         start = time.perf_counter()
@@ -189,14 +182,14 @@ def run_path(path: str, model_folder: Path, folds: list[int], checkpoint_name: s
             steps = []
             for image, case_id, volume in zip(images, case_ids, volumes):
                 read = written = float("nan")
-                if path == "end_to_end_bound":
+                if row == "end_to_end_bound":
                     start = time.perf_counter()
                     data, properties = io.read_images([str(image)])
                     read = time.perf_counter() - start
                 start = time.perf_counter()
                 predictor.predict_logits_from_preprocessed_data(volume)
                 compute = time.perf_counter() - start
-                if path == "end_to_end_bound":
+                if row == "end_to_end_bound":
                     start = time.perf_counter()
                     io.write_seg(np.zeros(data.shape[1:], dtype=np.uint8), str(masks_dir / f"{case_id}.nii.gz"),
                                  properties)
@@ -205,7 +198,7 @@ def run_path(path: str, model_folder: Path, folds: list[int], checkpoint_name: s
             return None, steps
 
     else:
-        raise ValueError(f"unknown benchmark row {path!r}; choose from {list(ROWS)}")
+        raise ValueError(f"unknown benchmark row {row!r}; choose from {list(ROWS)}")
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -221,11 +214,11 @@ def run_path(path: str, model_folder: Path, folds: list[int], checkpoint_name: s
         probabilities, steps = one_pass_over_cases()
         elapsed = time.perf_counter() - start
         # the bounds are the sum of their timed parts, by definition (no preprocessing)
-        totals.append(float(np.nansum([list(s.values()) for s in steps])) if path in ("one_pass", "end_to_end_bound")
+        totals.append(float(np.nansum([list(s.values()) for s in steps])) if row in ("one_pass", "end_to_end_bound")
                       else elapsed)
         per_case.append(steps)
     worker_peak_rss_mb = 0.0
-    if path in ("optimized", "optimized_stock_settings"):
+    if row in ("optimized", "optimized_stock_settings"):
         worker_peak_rss_mb = predictor.worker_peak_rss_mb
         predictor.close()
     if probabilities is not None:
@@ -288,22 +281,22 @@ def run_benchmark(model_folder: str | Path, folds: list[int], checkpoint_name: s
     out_dir.mkdir(parents=True, exist_ok=True)
     _read_through([*images, *(Path(model_folder) / f"fold_{fold}" / checkpoint_name for fold in folds)])
     results = {}
-    for number, path in enumerate(ROWS, start=1):
+    for number, row in enumerate(ROWS, start=1):
         spec = {
-            "path": path, "model_folder": str(model_folder), "folds": list(folds), "checkpoint_name": checkpoint_name,
+            "path": row, "model_folder": str(model_folder), "folds": list(folds), "checkpoint_name": checkpoint_name,
             "images": [str(i) for i in images], "out_dir": str(out_dir), "settings": asdict(settings),
             "repeats": repeats,
         }
-        spec_file = out_dir / f"{path}_spec.json"
-        result_file = out_dir / f"{path}_result.json"
+        spec_file = out_dir / f"{row}_spec.json"
+        result_file = out_dir / f"{row}_result.json"
         spec_file.write_text(json.dumps(spec, indent=2))
-        log.info("benchmark row %d (%s) on %d case(s): cold pass, then %d timed repeat(s)", number, path,
+        log.info("benchmark row %d (%s) on %d case(s): cold pass, then %d timed repeat(s)", number, row,
                  len(images), repeats)
-        run_command([sys.executable, "-m", "pancreas_mtl.inference.benchmark", str(spec_file), str(result_file)],
-                    {**os.environ, LAUNCHED_AT: repr(time.time())}, f"benchmark {path}")
-        results[path] = json.loads(result_file.read_text())
-        log.info("  %s: cold %.2f s, warm %.2f s", path, results[path]["cold_seconds"],
-                 results[path]["seconds_total"])
+        run_command([sys.executable, "-m", "pancreas_mtl.benchmarks.inference", str(spec_file), str(result_file)],
+                    {**os.environ, LAUNCHED_AT: repr(time.time())}, f"benchmark {row}")
+        results[row] = json.loads(result_file.read_text())
+        log.info("  %s: cold %.2f s, warm %.2f s", row, results[row]["cold_seconds"],
+                 results[row]["seconds_total"])
 
     # Row 6 is row 5's compute plus its own reading and writing (its process computes too, for its cold pass, but
     # a second measurement of the same compute would let the two bounds disagree by the machine's noise).
@@ -312,7 +305,7 @@ def run_benchmark(model_folder: str | Path, folds: list[int], checkpoint_name: s
         steps["compute_seconds"] = bound["compute_seconds"]
     end_to_end["seconds_total"] = compute_bound["seconds_total"] + float(np.nansum(
         [[steps["preprocessing_seconds"], steps["export_seconds"]] for steps in end_to_end["per_case"]]))
-    warm = {path: results[path]["seconds_total"] for path in ROWS}
+    warm = {row: results[row]["seconds_total"] for row in ROWS}
     summary = {
         "setting": setting,
         "note": note,
@@ -325,13 +318,13 @@ def run_benchmark(model_folder: str | Path, folds: list[int], checkpoint_name: s
         "baseline_settings": {"tile_step_size": 0.5, "use_gaussian": True, "mirror_axes": "all allowed",
                               "classification": "second sliding-window pass, tile step 0.5, no mirroring"},
         "rows": [
-            {"row": number, "path": path, "what": what, "cold_seconds": results[path]["cold_seconds"],
-             "first_case_cold_seconds": results[path]["first_case_cold_seconds"],
-             **{f"cold_{k}": v for k, v in results[path]["cold_split"].items()},
-             "warm_seconds": results[path]["seconds_total"],
-             **{key: results[path][key] for key in ("peak_rss_mb", "peak_worker_rss_mb", "peak_gpu_mb")
-                if key in results[path]}}
-            for number, (path, what) in enumerate(ROWS.items(), start=1)
+            {"row": number, "path": row, "what": what, "cold_seconds": results[row]["cold_seconds"],
+             "first_case_cold_seconds": results[row]["first_case_cold_seconds"],
+             **{f"cold_{k}": v for k, v in results[row]["cold_split"].items()},
+             "warm_seconds": results[row]["seconds_total"],
+             **{key: results[row][key] for key in ("peak_rss_mb", "peak_worker_rss_mb", "peak_gpu_mb")
+                if key in results[row]}}
+            for number, (row, what) in enumerate(ROWS.items(), start=1)
         ],
         "speedup": warm["baseline"] / warm["optimized"],
         "speedup_over_stock_segmentation": warm["stock_segmentation"] / warm["optimized"],
@@ -341,23 +334,23 @@ def run_benchmark(model_folder: str | Path, folds: list[int], checkpoint_name: s
         "optimized_over_one_pass": warm["optimized"] / warm["one_pass"],
         "optimized_over_end_to_end_bound": warm["optimized"] / warm["end_to_end_bound"],
     }
-    for path in ROWS:
-        summary[f"{path}_seconds_total"] = warm[path]
-        summary[f"{path}_cold_seconds"] = results[path]["cold_seconds"]
-        summary[f"{path}_first_case_cold_seconds"] = results[path]["first_case_cold_seconds"]
+    for row in ROWS:
+        summary[f"{row}_seconds_total"] = warm[row]
+        summary[f"{row}_cold_seconds"] = results[row]["cold_seconds"]
+        summary[f"{row}_first_case_cold_seconds"] = results[row]["first_case_cold_seconds"]
         for key in ("peak_rss_mb", "peak_worker_rss_mb", "peak_gpu_mb"):
-            if key in results[path]:
-                summary[f"{path}_{key}"] = results[path][key]
-        summary[f"{path}_peak_memory_mb"] = results[path].get("peak_gpu_mb", results[path]["peak_rss_mb"])
+            if key in results[row]:
+                summary[f"{row}_{key}"] = results[row][key]
+        summary[f"{row}_peak_memory_mb"] = results[row].get("peak_gpu_mb", results[row]["peak_rss_mb"])
     # the same computation as stock nnU-Net's, so the same masks whatever the weights
     summary["stock_settings_agreement_whole_dice_min"] = float(np.min(_whole_dice(
         out_dir, "stock_segmentation", "optimized_stock_settings", summary["cases"])))
     if with_agreement:
         summary.update(agreement(out_dir, summary["cases"]))
     rows = [
-        {"case_id": case_id, "path": path, **steps, "seconds": steps["compute_seconds"]}
-        for path in ROWS
-        for case_id, steps in zip(results[path]["cases"], results[path]["per_case"])
+        {"case_id": case_id, "path": row, **steps, "seconds": steps["compute_seconds"]}
+        for row in ROWS
+        for case_id, steps in zip(results[row]["cases"], results[row]["per_case"])
     ]
     pd.DataFrame(rows).to_csv(out_dir / "per_case.csv", index=False)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -382,7 +375,7 @@ def benchmark_split(model_folder: str | Path, folds: list[int], checkpoint_name:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run one benchmark path in this process (used by run_benchmark).")
+    parser = argparse.ArgumentParser(description="Run one benchmark row in this process (used by run_benchmark).")
     parser.add_argument("spec")
     parser.add_argument("result")
     args = parser.parse_args(argv)
@@ -390,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = json.loads(Path(args.spec).read_text())
     settings = InferenceSettings.from_config(spec["settings"])
     launched_at = os.environ.get(LAUNCHED_AT)
-    result = run_path(spec["path"], Path(spec["model_folder"]), spec["folds"], spec["checkpoint_name"],
+    result = run_row(spec["path"], Path(spec["model_folder"]), spec["folds"], spec["checkpoint_name"],
                       [Path(i) for i in spec["images"]], Path(spec["out_dir"]), settings, spec["repeats"],
                       launched_at=None if launched_at is None else float(launched_at))
     Path(args.result).write_text(json.dumps(result, indent=2))

@@ -7,7 +7,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pancreas_mtl.nnunet.environment import NnunetFolders, resolve_device, run_nnunet_command
+from pancreas_mtl.nnunet.environment import NnunetFolders, run_nnunet_command
+from pancreas_mtl.runtime import resolve_device
 from pancreas_mtl.training.settings import SETTINGS_ENV, TrainingSettings
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def train_stage(
 
     ``data_augmentation_workers`` is per training process (per GPU under DDP). The stage's ``compile`` setting
     ``auto`` becomes on for CUDA, off elsewhere, as nnU-Net decides it. On SIGTERM the trainer writes its
-    checkpoint and stops (:class:`~pancreas_mtl.nnunet.environment.CommandFailed`, exit code
+    checkpoint and stops (:class:`~pancreas_mtl.runtime.CommandFailed`, exit code
     ``STOPPED_EXIT_CODE``); this process waits for it."""
     device = resolve_device(device)
     if settings.compile == "auto":
