@@ -26,8 +26,10 @@ from __future__ import annotations
 import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-DEVICE_ERROR = ("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor to host "
-                "memory first. (accelerator stand-in: tests/accelerator.py)")
+DEVICE_ERROR = (
+    "can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor to host "
+    "memory first. (accelerator stand-in: tests/accelerator.py)"
+)
 _TO_NUMPY = {torch.Tensor.numpy, torch.Tensor.__array__}
 _PICKLE = {torch.Tensor.__reduce_ex__}
 
@@ -43,8 +45,10 @@ class OnAccelerator(torch.Tensor):
         if func in _TO_NUMPY:
             raise TypeError(DEVICE_ERROR)
         if func in _PICKLE:
-            raise TypeError("an accelerator tensor is being pickled (sent to a worker process?): copy it to the host "
-                            "with .cpu() first (accelerator stand-in)")
+            raise TypeError(
+                "an accelerator tensor is being pickled (sent to a worker process?): copy it to the host "
+                "with .cpu() first (accelerator stand-in)"
+            )
         if func is torch.Tensor.cpu:
             OnAccelerator.host_copies += 1
             with torch._C.DisableTorchFunctionSubclass():
@@ -70,12 +74,15 @@ class OnHost(torch.Tensor):
         if name in cls._READS:
             with torch._C.DisableTorchFunctionSubclass():
                 return func(*args, **kwargs)
-        raise TypeError(f"{name} computed on a training batch still in host memory: move the batch to the device "
-                        "first (accelerator stand-in: tests/accelerator.py)")
+        raise TypeError(
+            f"{name} computed on a training batch still in host memory: move the batch to the device "
+            "first (accelerator stand-in: tests/accelerator.py)"
+        )
 
 
 def on_host(batch: dict) -> dict:
     """A loader's batch with its data and target (a tensor or a list of them) marked :class:`OnHost`."""
+
     def mark(value):
         if isinstance(value, list):
             return [mark(v) for v in value]

@@ -61,15 +61,14 @@ def synthetic_mask(shape=SMALL_SHAPE, dtype=np.float32, pancreas_value=PANCREAS_
     x, y, z = shape
     mask = np.zeros(shape, dtype=np.float64)
     off = seed % 2
-    mask[1 + off: x - 1, 2: y - 2, 1: max(2, z - 1)] = 1
-    mask[2 + off: 4 + off, 3:5, 2: max(3, z // 2 + 1)] = 2
+    mask[1 + off : x - 1, 2 : y - 2, 1 : max(2, z - 1)] = 1
+    mask[2 + off : 4 + off, 3:5, 2 : max(3, z // 2 + 1)] = 2
     if np.issubdtype(np.dtype(dtype), np.floating):
         mask[mask == 1] = pancreas_value
     return mask.astype(dtype)
 
 
-def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray, qform_code: int = 1,
-                sform_code: int = 1) -> Path:
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray, qform_code: int = 1, sform_code: int = 1) -> Path:
     """Write ``data`` as NIfTI-1 with the given affine in both qform and sform (codes as in the quiz data)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,11 +113,25 @@ class QuizBuilder:
         self._next_number = max(self._next_number, int(number) + 1)
         return int(number)
 
-    def add_case(self, split: str = "train", subtype: int = 0, number: int | None = None, *,
-                 shape=SMALL_SHAPE, image_dtype=None, mask_dtype=None, spacing=None,
-                 pancreas_value=PANCREAS_FLOAT, image: bool = True, mask: bool = True,
-                 folder_subtype: int | None = None, image_data=None, mask_data=None,
-                 mask_shape=None, mask_affine=None) -> WrittenCase:
+    def add_case(
+        self,
+        split: str = "train",
+        subtype: int = 0,
+        number: int | None = None,
+        *,
+        shape=SMALL_SHAPE,
+        image_dtype=None,
+        mask_dtype=None,
+        spacing=None,
+        pancreas_value=PANCREAS_FLOAT,
+        image: bool = True,
+        mask: bool = True,
+        folder_subtype: int | None = None,
+        image_data=None,
+        mask_data=None,
+        mask_shape=None,
+        mask_affine=None,
+    ) -> WrittenCase:
         """Write ``{split}/subtype{folder_subtype or subtype}/quiz_{subtype}_{NNN}[_0000].nii.gz``."""
         n = self._number(number)
         i = len(self.cases)
@@ -134,14 +147,25 @@ class QuizBuilder:
         if mask_data is None:
             mask_data = synthetic_mask(mask_shape or shape, mask_dtype, pancreas_value, seed=n)
         image_path = write_nifti(folder / f"{case_id}_0000.nii.gz", image_data, affine) if image else None
-        mask_path = (write_nifti(folder / f"{case_id}.nii.gz", mask_data,
-                                 affine if mask_affine is None else mask_affine) if mask else None)
+        mask_path = (
+            write_nifti(folder / f"{case_id}.nii.gz", mask_data, affine if mask_affine is None else mask_affine)
+            if mask
+            else None
+        )
         case = WrittenCase(case_id, split, subtype, image_path, mask_path, image_data, mask_data, affine)
         self.cases[f"{split}/{case_id}"] = case
         return case
 
-    def add_test(self, number: int | None = None, *, shape=SMALL_SHAPE, image_dtype=None, spacing=None,
-                 image_data=None, name: str | None = None) -> WrittenCase:
+    def add_test(
+        self,
+        number: int | None = None,
+        *,
+        shape=SMALL_SHAPE,
+        image_dtype=None,
+        spacing=None,
+        image_data=None,
+        name: str | None = None,
+    ) -> WrittenCase:
         """Write ``test/quiz_{NNN}_0000.nii.gz`` (or ``test/{name}``)."""
         n = self._number(number)
         i = len(self.cases)
@@ -235,8 +259,14 @@ def real_sample_quiz_dir(real_sample_dir, tmp_path) -> Path:
     image = real_sample_dir / "train" / "subtype0" / "quiz_0_324_0000.nii.gz"
     mask = real_sample_dir / "train" / "subtype0" / "quiz_0_324.nii.gz"
     root = tmp_path / "real_quiz"
-    ids = {("train", 0): "quiz_0_324", ("train", 1): "quiz_1_901", ("train", 2): "quiz_2_902",
-           ("validation", 0): "quiz_0_999", ("validation", 1): "quiz_1_998", ("validation", 2): "quiz_2_997"}
+    ids = {
+        ("train", 0): "quiz_0_324",
+        ("train", 1): "quiz_1_901",
+        ("train", 2): "quiz_2_902",
+        ("validation", 0): "quiz_0_999",
+        ("validation", 1): "quiz_1_998",
+        ("validation", 2): "quiz_2_997",
+    }
     for (split, subtype), case_id in ids.items():
         folder = root / split / f"subtype{subtype}"
         folder.mkdir(parents=True)

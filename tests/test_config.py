@@ -110,8 +110,11 @@ def test_readme_shows_the_effective_real_data_settings(schema):
     config = resolved_config(schema, "config/real_data.yaml")
     effective = leaf_keys(config)
     shown = leaf_keys(readme_effective_real_data_settings())
-    wrong = {key: (value, effective.get(key, "<not a config key>")) for key, value in shown.items()
-             if effective.get(key, object()) != value}
+    wrong = {
+        key: (value, effective.get(key, "<not a config key>"))
+        for key, value in shown.items()
+        if effective.get(key, object()) != value
+    }
     assert not wrong, f"README shows (left) what a real-data run does not get (right): {wrong}"
     # every training and inference key the demo config sets is one README shows as real data's
     demo = leaf_keys(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))

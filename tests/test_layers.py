@@ -61,8 +61,11 @@ def test_the_layers_name_every_package():
 
 
 def test_no_upward_import_without_a_comment_saying_why():
-    bare = [f"{file}:{line} imports {target} from {own}" for file, line, own, target, commented in upward_imports()
-            if not commented]
+    bare = [
+        f"{file}:{line} imports {target} from {own}"
+        for file, line, own, target, commented in upward_imports()
+        if not commented
+    ]
     assert not bare, "upward imports without a '# up:' comment on the line above:\n" + "\n".join(bare)
 
 

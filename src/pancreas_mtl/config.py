@@ -43,7 +43,7 @@ def _allowed_keys(node: dict, schema: dict) -> list[str]:
     keys = set(node.get("properties", {}))
     ref = node.get("$ref", "")
     if ref.startswith("#/$defs/"):
-        keys |= set(_allowed_keys(schema["$defs"][ref[len("#/$defs/"):]], schema))
+        keys |= set(_allowed_keys(schema["$defs"][ref[len("#/$defs/") :]], schema))
     return sorted(keys)
 
 

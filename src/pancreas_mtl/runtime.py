@@ -31,6 +31,7 @@ class CommandFailed(RuntimeError):
 def _waiting_through_sigterm(proc: subprocess.Popen, what: str):
     """While ``proc`` runs, SIGTERM does not end this process: it is passed on to ``proc`` (which may have had it
     too: a scheduler signals every process of a job), and this process keeps waiting for it."""
+
     def forward(signum, frame):
         log.warning("SIGTERM received: waiting for %s to stop", what)
         if proc.poll() is None:
@@ -55,7 +56,12 @@ def run_command(args: list[str], env: dict[str, str] | None, what: str, graceful
     log.info("running: %s", " ".join(args))
     ignore_sigterm = (lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN)) if graceful_stop else None
     proc = subprocess.Popen(
-        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        args,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
         preexec_fn=ignore_sigterm,
     )
     assert proc.stdout is not None

@@ -44,19 +44,40 @@ def metrics(whole: float, lesion: float, f1: float, **extra) -> dict:
 
 
 def ok_record(seed: int, minutes: float, m: dict, commit: str = "abc1234def") -> dict:
-    return lb.run_record(seed, minutes, m, commit=commit, command=["snakemake", "--cores", "2"],
-                         started="2025-01-01T00:00:00+00:00", config_overrides=OVERRIDES, cores="2")
+    return lb.run_record(
+        seed,
+        minutes,
+        m,
+        commit=commit,
+        command=["snakemake", "--cores", "2"],
+        started="2025-01-01T00:00:00+00:00",
+        config_overrides=OVERRIDES,
+        cores="2",
+    )
 
 
 def failed_record(seed: int, minutes: float, commit: str = "abc1234def") -> dict:
-    return lb.run_record(seed, minutes, None, commit=commit, command=["snakemake"], status="failed",
-                         returncode=1, error="snakemake exited with 1", config_overrides=OVERRIDES, log="x.log")
+    return lb.run_record(
+        seed,
+        minutes,
+        None,
+        commit=commit,
+        command=["snakemake"],
+        status="failed",
+        returncode=1,
+        error="snakemake exited with 1",
+        config_overrides=OVERRIDES,
+        log="x.log",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- aggregation
 def test_summarise_runs_aggregates_the_successful_runs_and_lists_the_failed():
-    inputs = {1: (metrics(0.94, 0.86, 1.0), 18.5), 2: (metrics(0.95, 0.87, 0.9), 17.7),
-              3: (metrics(0.93, 0.0, 1.0), 17.3)}
+    inputs = {
+        1: (metrics(0.94, 0.86, 1.0), 18.5),
+        2: (metrics(0.95, 0.87, 0.9), 17.7),
+        3: (metrics(0.93, 0.0, 1.0), 17.3),
+    }
     records = [ok_record(s, minutes, m) for s, (m, minutes) in inputs.items()]
     records.insert(1, failed_record(4, 0.2))
     summary = lb.summarise_runs(records, seeds=[1, 4, 2, 3], commit="abc1234def", config_overrides=OVERRIDES)
@@ -84,15 +105,21 @@ def test_summarise_runs_aggregates_the_successful_runs_and_lists_the_failed():
 
 def test_aggregate_metrics_takes_every_mean_and_macro_f1_key_with_its_variants():
     runs = [
-        metrics(0.94, 0.86, 1.0, lesion_dice_mean_without_prior=0.80, macro_f1_without_prior=0.9,
-                lesion_hd95_mean=None),
-        metrics(0.90, 0.70, 0.8, lesion_dice_mean_without_prior=0.60, macro_f1_without_prior=0.7,
-                lesion_hd95_mean=3.5),
+        metrics(
+            0.94, 0.86, 1.0, lesion_dice_mean_without_prior=0.80, macro_f1_without_prior=0.9, lesion_hd95_mean=None
+        ),
+        metrics(0.90, 0.70, 0.8, lesion_dice_mean_without_prior=0.60, macro_f1_without_prior=0.7, lesion_hd95_mean=3.5),
     ]
     summary = lb.summarise_runs([ok_record(s, 10.0, m) for s, m in enumerate(runs, start=1)])
     agg = summary["aggregate_metrics"]
-    assert set(agg) == {"whole_pancreas_dice_mean", "lesion_dice_mean", "macro_f1",
-                        "lesion_dice_mean_without_prior", "macro_f1_without_prior", "lesion_hd95_mean"}
+    assert set(agg) == {
+        "whole_pancreas_dice_mean",
+        "lesion_dice_mean",
+        "macro_f1",
+        "lesion_dice_mean_without_prior",
+        "macro_f1_without_prior",
+        "lesion_hd95_mean",
+    }
     for key in ("lesion_dice_mean_without_prior", "macro_f1_without_prior", "whole_pancreas_dice_mean"):
         values = [m[key] for m in runs]
         assert agg[key]["mean"] == pytest.approx(statistics.fmean(values))
@@ -114,10 +141,14 @@ def test_summary_with_no_successful_run_is_still_valid_json(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- config overrides
 def test_config_items_are_nested_and_typed():
-    tree = lb.parse_config_items(["training.stage1.num_epochs=5", "inference.mirror_axes=[0, 1]",
-                                  "wandb.enabled=false", "training.device=cpu"])
-    assert tree == {"training": {"stage1": {"num_epochs": 5}, "device": "cpu"},
-                    "inference": {"mirror_axes": [0, 1]}, "wandb": {"enabled": False}}
+    tree = lb.parse_config_items(
+        ["training.stage1.num_epochs=5", "inference.mirror_axes=[0, 1]", "wandb.enabled=false", "training.device=cpu"]
+    )
+    assert tree == {
+        "training": {"stage1": {"num_epochs": 5}, "device": "cpu"},
+        "inference": {"mirror_axes": [0, 1]},
+        "wandb": {"enabled": False},
+    }
     overrides = lb.config_overrides(["training.stage1.num_epochs=5"])
     assert lb.overrides_tree(7, overrides) == {"training": {"stage1": {"num_epochs": 5}, "seed": 7}}
     with pytest.raises(UserInputError, match="key=value"):
@@ -157,9 +188,11 @@ def test_a_result_with_the_same_seed_overrides_and_commit_is_reused(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- plot
 def test_the_plot_is_a_png_with_every_run(tmp_path):
-    records = [ok_record(1, 18.5, metrics(0.94, 0.86, 1.0, lesion_dice_mean_without_prior=0.7)),
-               ok_record(2, 17.7, metrics(0.95, 0.87, 1.0, lesion_dice_mean_without_prior=0.75)),
-               failed_record(3, 2.0)]
+    records = [
+        ok_record(1, 18.5, metrics(0.94, 0.86, 1.0, lesion_dice_mean_without_prior=0.7)),
+        ok_record(2, 17.7, metrics(0.95, 0.87, 1.0, lesion_dice_mean_without_prior=0.75)),
+        failed_record(3, 2.0),
+    ]
     summary = lb.summarise_runs(records)
     out = plots.plot_learning_summary(summary, tmp_path / "plots" / "summary.png", lb.DEFAULT_TARGETS)
     assert out == tmp_path / "plots" / "summary.png"
@@ -170,8 +203,23 @@ def test_the_plot_is_a_png_with_every_run(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- git
 def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=Test", "-c", "user.email=test@example.org",
-                           "-c", "commit.gpgsign=false", *args], check=True, capture_output=True, text=True).stdout
+    return subprocess.run(
+        [
+            "git",
+            "-C",
+            str(repo),
+            "-c",
+            "user.name=Test",
+            "-c",
+            "user.email=test@example.org",
+            "-c",
+            "commit.gpgsign=false",
+            *args,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
 
 
 def make_repo(path: Path, files: dict[str, str]) -> Path:
@@ -218,7 +266,8 @@ def test_outside_a_git_repository_is_a_clear_error(tmp_path, monkeypatch):
 def stand_in_snakemake(path: Path, calls: Path) -> Path:
     """An executable that acts like the workflow: writes results/metrics/summary.json from the seed it is given
     (seed 13 fails), and appends its argv, working folder and PYTHONPATH to ``calls``."""
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         #!{sys.executable}
         import json, os, sys
         from pathlib import Path
@@ -240,7 +289,8 @@ def stand_in_snakemake(path: Path, calls: Path) -> Path:
         out.write_text(json.dumps({{"whole_pancreas_dice_mean": 0.9 + seed / 100, "lesion_dice_mean": 0.5,
                                     "lesion_dice_mean_without_prior": 0.4, "macro_f1": 1.0,
                                     "epochs": config["training"].get("stage1", {{}}).get("num_epochs")}}))
-        """))
+        """)
+    )
     path.chmod(0o755)
     return path
 
@@ -256,8 +306,16 @@ def test_run_seed_measures_a_fresh_copy_and_reuses_its_result(tmp_path):
     lines: list[str] = []
 
     def run(seed, ov=overrides):
-        return lb.run_seed(seed, repo_root=repo, out_dir=out, snakemake=snakemake, cores="2", overrides=ov,
-                           commit=commit, echo=lines.append)
+        return lb.run_seed(
+            seed,
+            repo_root=repo,
+            out_dir=out,
+            snakemake=snakemake,
+            cores="2",
+            overrides=ov,
+            commit=commit,
+            echo=lines.append,
+        )
 
     first = run(2)
     assert first["status"] == "ok" and first["reused"] is False
@@ -272,7 +330,8 @@ def test_run_seed_measures_a_fresh_copy_and_reuses_its_result(tmp_path):
     assert Path(call["cwd"]) == (run_dir / "repo").resolve()
     assert call["pythonpath"].split(":")[0] == str((run_dir / "repo" / "src").resolve())
     assert yaml.safe_load((run_dir / lb.OVERRIDES_FILE).read_text()) == {
-        "training": {"stage1": {"num_epochs": 3}, "seed": 2}}
+        "training": {"stage1": {"num_epochs": 3}, "seed": 2}
+    }
     assert "building the DAG" in (run_dir / lb.LOG_FILE).read_text()
 
     again = run(2)
@@ -301,9 +360,12 @@ def test_the_script_runs_every_seed_and_exits_non_zero_after_a_failure(tmp_path,
     snakemake = tmp_path / "snakemake"
     stand_in_snakemake(snakemake, tmp_path / "calls.jsonl")
     # the repository has no committed.txt: drop that check for this run
-    snakemake.write_text(snakemake.read_text().replace(
-        'assert Path("committed.txt").is_file() and not Path("uncommitted.txt").exists()',
-        'assert Path("Snakefile").is_file()'))
+    snakemake.write_text(
+        snakemake.read_text().replace(
+            'assert Path("committed.txt").is_file() and not Path("uncommitted.txt").exists()',
+            'assert Path("Snakefile").is_file()',
+        )
+    )
     out = tmp_path / "learning"
 
     code = script.main(["--seeds", "1", "13", "--cores", "1", "--snakemake", str(snakemake), "--out", str(out)])
@@ -312,8 +374,12 @@ def test_the_script_runs_every_seed_and_exits_non_zero_after_a_failure(tmp_path,
     assert "run 1/2 (seed 1) ..." in printed and "run 2/2 (seed 13): FAILED" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seeds"] == [1, 13] and summary["failed_seeds"] == [13]
-    assert summary["commit"] == subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], check=True,
-                                               capture_output=True, text=True).stdout.strip()
+    assert (
+        summary["commit"]
+        == subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+        ).stdout.strip()
+    )
     assert summary["aggregate"]["whole_dice"]["mean"] == pytest.approx(0.91)
     assert "lesion_dice_mean_without_prior" in summary["aggregate_metrics"]
     assert_png(out / "summary.png")

@@ -15,20 +15,32 @@ from pancreas_mtl.data.case_table import (
 from pancreas_mtl.errors import UserInputError
 
 ROWS = [
-    {"case_id": "quiz_0_001", "split": "train", "subtype": "0", "image": "imagesTr/quiz_0_001_0000.nii.gz",
-     "mask": "labelsTr/quiz_0_001.nii.gz"},
-    {"case_id": "quiz_2_002", "split": "validation", "subtype": "2", "image": "imagesTr/quiz_2_002_0000.nii.gz",
-     "mask": "labelsTr/quiz_2_002.nii.gz"},
+    {
+        "case_id": "quiz_0_001",
+        "split": "train",
+        "subtype": "0",
+        "image": "imagesTr/quiz_0_001_0000.nii.gz",
+        "mask": "labelsTr/quiz_0_001.nii.gz",
+    },
+    {
+        "case_id": "quiz_2_002",
+        "split": "validation",
+        "subtype": "2",
+        "image": "imagesTr/quiz_2_002_0000.nii.gz",
+        "mask": "labelsTr/quiz_2_002.nii.gz",
+    },
     {"case_id": "quiz_003", "split": "test", "subtype": "", "image": "imagesTs/quiz_003_0000.nii.gz", "mask": ""},
 ]
 
 
 def test_read_case_table(tmp_path):
     path = tmp_path / "case_table.csv"
-    path.write_text("case_id,split,subtype,image,mask\n"
-                    "quiz_0_001,train,0,imagesTr/quiz_0_001_0000.nii.gz,labelsTr/quiz_0_001.nii.gz\n"
-                    "quiz_2_002,validation,2,imagesTr/quiz_2_002_0000.nii.gz,labelsTr/quiz_2_002.nii.gz\n"
-                    "quiz_003,test,,imagesTs/quiz_003_0000.nii.gz,\n")
+    path.write_text(
+        "case_id,split,subtype,image,mask\n"
+        "quiz_0_001,train,0,imagesTr/quiz_0_001_0000.nii.gz,labelsTr/quiz_0_001.nii.gz\n"
+        "quiz_2_002,validation,2,imagesTr/quiz_2_002_0000.nii.gz,labelsTr/quiz_2_002.nii.gz\n"
+        "quiz_003,test,,imagesTs/quiz_003_0000.nii.gz,\n"
+    )
     df = read_case_table(path)
     assert str(df["subtype"].dtype) == "Int64"
     assert df["subtype"].iloc[1] == 2 and pd.isna(df["subtype"].iloc[2])

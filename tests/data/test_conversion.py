@@ -26,8 +26,11 @@ NAME = "Dataset501_PancreasQuiz"
 
 def outputs(tmp_path: Path) -> dict[str, Path]:
     out = tmp_path / "out"
-    return {"raw_dataset_dir": out / "nnUNet_raw" / NAME, "splits_json": out / "splits_final.json",
-            "case_table_csv": out / "case_table.csv"}
+    return {
+        "raw_dataset_dir": out / "nnUNet_raw" / NAME,
+        "splits_json": out / "splits_final.json",
+        "case_table_csv": out / "case_table.csv",
+    }
 
 
 def convert(quiz_dir, tmp_path, **kwargs):
@@ -61,11 +64,13 @@ def assert_same_grid_sitk(a: Path, b: Path) -> None:
 def converted(quiz_dir, quiz_builder, tmp_path):
     summary, paths = convert(quiz_dir, tmp_path)
     test_summary, test_paths = convert_tests(quiz_dir, tmp_path)
-    return SimpleNamespace(summary=summary, test_summary=test_summary, builder=quiz_builder, quiz_dir=quiz_dir,
-                           **paths, **test_paths)
+    return SimpleNamespace(
+        summary=summary, test_summary=test_summary, builder=quiz_builder, quiz_dir=quiz_dir, **paths, **test_paths
+    )
 
 
 # -- layout and metadata ------------------------------------------------------------------------------
+
 
 def test_dataset_layout(converted):
     raw = converted.raw_dataset_dir
@@ -81,7 +86,12 @@ def test_dataset_layout(converted):
     # no temporary folders or files left next to the outputs
     assert sorted(p.name for p in raw.parent.iterdir()) == [NAME]
     assert sorted(p.name for p in converted.splits_json.parent.iterdir()) == [
-        "case_table.csv", "nnUNet_raw", "splits_final.json", "test_cases.csv", "test_images"]
+        "case_table.csv",
+        "nnUNet_raw",
+        "splits_final.json",
+        "test_cases.csv",
+        "test_images",
+    ]
 
 
 def test_summary(converted):
@@ -152,6 +162,7 @@ def test_make_splits_rejects_unknown_scheme(quiz_dir):
 
 # -- images and labels ------------------------------------------------------------------------------------
 
+
 def test_images_are_byte_for_byte_copies(converted):
     raw = converted.raw_dataset_dir
     for c in converted.builder.cases.values():
@@ -220,13 +231,14 @@ def test_trailing_singleton_4d_is_written_as_3d(quiz_builder, tmp_path):
     for key in src.header.keys():  # only the dim field changes
         if key != "dim":
             np.testing.assert_array_equal(out_img.header[key], src.header[key], err_msg=key)
-    assert_same_grid_sitk(paths["raw_dataset_dir"] / "imagesTr" / "quiz_1_061_0000.nii.gz",
-                          paths["raw_dataset_dir"] / "labelsTr" / "quiz_1_061.nii.gz")
+    assert_same_grid_sitk(
+        paths["raw_dataset_dir"] / "imagesTr" / "quiz_1_061_0000.nii.gz",
+        paths["raw_dataset_dir"] / "labelsTr" / "quiz_1_061.nii.gz",
+    )
 
 
 @pytest.mark.parametrize("n_workers", [1, 2])
-def test_masks_without_lesion_or_pancreas_are_converted_with_a_warning(quiz_builder, tmp_path, caplog,
-                                                                        n_workers):
+def test_masks_without_lesion_or_pancreas_are_converted_with_a_warning(quiz_builder, tmp_path, caplog, n_workers):
     """Real labelled cases hold both labels; a mask lacking one is converted unchanged, with a warning
     naming the file that reaches the parent's log also when the cases are converted in a process pool."""
     quiz_builder.standard(n_train=1, n_validation=1, n_test=1)
@@ -239,8 +251,11 @@ def test_masks_without_lesion_or_pancreas_are_converted_with_a_warning(quiz_buil
     caplog.set_level(logging.INFO, logger="pancreas_mtl")
     summary, paths = convert(quiz_builder.root, tmp_path, n_workers=n_workers)
 
-    warnings = [r.getMessage() for r in caplog.records
-                if r.name == "pancreas_mtl.data.conversion" and r.levelno == logging.WARNING]
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "pancreas_mtl.data.conversion" and r.levelno == logging.WARNING
+    ]
     assert [w for w in warnings if str(lesionless.mask) in w and "no lesion (label 2)" in w]
     assert [w for w in warnings if str(pancreasless.mask) in w and "no pancreas (label 1)" in w]
     assert f"1 labelled mask(s) lack a lesion (label 2): {lesionless.mask}" in warnings
@@ -270,6 +285,7 @@ def test_complete_masks_give_no_missing_label_warning(quiz_dir, tmp_path, caplog
 
 # -- parallel, logging, read-only input ----------------------------------------------------------------------
 
+
 def test_process_pool_gives_the_same_dataset(quiz_dir, tmp_path, tree_digest, caplog):
     caplog.set_level(logging.INFO, logger="pancreas_mtl")
     _, serial = convert(quiz_dir, tmp_path / "serial")
@@ -295,6 +311,7 @@ def test_input_folder_is_unchanged(quiz_dir, tmp_path, tree_digest):
 
 
 # -- failures write nothing --------------------------------------------------------------------------------
+
 
 def test_nothing_is_written_when_validation_fails(quiz_builder, tmp_path, tree_digest):
     quiz_builder.standard(n_train=1, n_validation=1, n_test=1)
@@ -326,8 +343,11 @@ def test_interrupted_conversion_leaves_no_half_dataset(quiz_dir, tmp_path, monke
         convert(quiz_dir, tmp_path)
     assert {p: p.read_bytes() for p in raw.rglob("*") if p.is_file()} == previous
     assert sorted(p.name for p in raw.parent.iterdir()) == [NAME]
-    assert sorted(p.name for p in paths["splits_json"].parent.iterdir()) == ["case_table.csv", "nnUNet_raw",
-                                                                             "splits_final.json"]
+    assert sorted(p.name for p in paths["splits_json"].parent.iterdir()) == [
+        "case_table.csv",
+        "nnUNet_raw",
+        "splits_final.json",
+    ]
 
 
 def test_rerun_replaces_a_previous_conversion(quiz_builder, tmp_path):
@@ -370,6 +390,7 @@ def test_rejects_a_bad_dataset_name(quiz_dir, tmp_path):
 
 # -- nnU-Net accepts the result ------------------------------------------------------------------------------
 
+
 def test_nnunet_verify_dataset_integrity_accepts_the_dataset(converted, capsys):
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
 
@@ -381,23 +402,36 @@ def test_nnunet_verify_dataset_integrity_accepts_the_dataset(converted, capsys):
 
 # -- the Snakemake script ------------------------------------------------------------------------------------
 
+
 def _run_script(quiz_dir: Path, tmp_path: Path, threads: int = 1) -> Path:
     paths = outputs(tmp_path)
     log_file = tmp_path / "logs" / "convert.log"
     smk = SimpleNamespace(
-        params=SimpleNamespace(quiz_dir=str(quiz_dir), allow_partial=False, split_scheme="official", k=5,
-                               split_seed=12345, selection_fraction=0.15),
+        params=SimpleNamespace(
+            quiz_dir=str(quiz_dir),
+            allow_partial=False,
+            split_scheme="official",
+            k=5,
+            split_seed=12345,
+            selection_fraction=0.15,
+        ),
         wildcards=SimpleNamespace(dataset=NAME),
-        output=SimpleNamespace(raw_dataset=str(paths["raw_dataset_dir"]), splits=str(paths["splits_json"]),
-                               case_table=str(paths["case_table_csv"])),
+        output=SimpleNamespace(
+            raw_dataset=str(paths["raw_dataset_dir"]),
+            splits=str(paths["splits_json"]),
+            case_table=str(paths["case_table_csv"]),
+        ),
         threads=threads,
         log=[str(log_file)],
     )
     root = logging.getLogger()
     saved = root.handlers[:], root.level
     try:
-        runpy.run_path(str(REPO / "workflow" / "scripts" / "convert_quiz_to_nnunet.py"),
-                       init_globals={"snakemake": smk}, run_name="__main__")
+        runpy.run_path(
+            str(REPO / "workflow" / "scripts" / "convert_quiz_to_nnunet.py"),
+            init_globals={"snakemake": smk},
+            run_name="__main__",
+        )
     finally:
         for h in root.handlers:
             if h not in saved[0]:
@@ -429,6 +463,7 @@ def test_snakemake_script_reports_every_problem_without_traceback(quiz_builder, 
 
 
 # -- the real sample (opt-in) ----------------------------------------------------------------------------------
+
 
 @pytest.mark.real_sample
 def test_real_sample_converts_with_exact_geometry(real_sample_quiz_dir, tmp_path, tree_digest):
@@ -499,6 +534,7 @@ def test_official_split_holds_out_stratified_selection_cases_and_never_the_valid
 
 # -- the test images, converted on their own ------------------------------------------------------------------
 
+
 def test_each_conversion_reads_only_its_own_part_of_the_quiz_folder(quiz_builder, tmp_path):
     """A broken test image fails the test images' conversion only; a broken labelled case the labelled one only."""
     quiz_builder.standard(n_train=1, n_validation=1, n_test=1)
@@ -564,14 +600,20 @@ def test_a_test_image_stored_as_4d_is_copied_as_3d(quiz_builder, tmp_path):
 
 def test_snakemake_script_converts_the_test_images(quiz_dir, tmp_path):
     paths = test_outputs(tmp_path)
-    smk = SimpleNamespace(params=SimpleNamespace(quiz_dir=str(quiz_dir)),
-                          output=SimpleNamespace(images=str(paths["images_dir"]), test_cases=str(paths["test_table_csv"])),
-                          threads=2, log=[str(tmp_path / "logs" / "convert_test_images.log")])
+    smk = SimpleNamespace(
+        params=SimpleNamespace(quiz_dir=str(quiz_dir)),
+        output=SimpleNamespace(images=str(paths["images_dir"]), test_cases=str(paths["test_table_csv"])),
+        threads=2,
+        log=[str(tmp_path / "logs" / "convert_test_images.log")],
+    )
     root = logging.getLogger()
     saved = root.handlers[:], root.level
     try:
-        runpy.run_path(str(REPO / "workflow" / "scripts" / "convert_test_images.py"),
-                       init_globals={"snakemake": smk}, run_name="__main__")
+        runpy.run_path(
+            str(REPO / "workflow" / "scripts" / "convert_test_images.py"),
+            init_globals={"snakemake": smk},
+            run_name="__main__",
+        )
     finally:
         for h in root.handlers:
             if h not in saved[0]:

@@ -119,8 +119,9 @@ def test_split_without_subtype_folders_is_one_problem(quiz_builder):
             f.unlink()
         sub.rmdir()
     _, problems = discover_quiz_cases(root)
-    assert problems == ["validation: no cases: the validation/ folder has none of the subtype0/, subtype1/, "
-                        "subtype2/ folders"]
+    assert problems == [
+        "validation: no cases: the validation/ folder has none of the subtype0/, subtype1/, subtype2/ folders"
+    ]
 
 
 def test_problems_are_relative_to_quiz_dir(quiz_builder):

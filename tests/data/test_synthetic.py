@@ -135,9 +135,7 @@ def test_a_case_depends_only_on_seed_and_case_id(small_quiz):
     on_disk, data = _load(path)
     assert np.array_equal(np.asarray(image.dataobj), data)
     assert np.array_equal(image.affine, on_disk.affine)
-    assert np.array_equal(
-        np.asarray(mask.dataobj), _load(out / "train" / "subtype1" / f"{case_id}.nii.gz")[1]
-    )
+    assert np.array_equal(np.asarray(mask.dataobj), _load(out / "train" / "subtype1" / f"{case_id}.nii.gz")[1])
 
 
 def test_different_seed_or_case_differs():

@@ -38,6 +38,7 @@ def base(quiz_builder):
 
 # -- valid input ----------------------------------------------------------------------------------
 
+
 def test_valid_folder_passes(quiz_dir, quiz_builder):
     cases = validate_quiz_folder(quiz_dir)
     assert len(cases) == len(quiz_builder.cases) == 11
@@ -81,6 +82,7 @@ def test_small_affine_difference_is_tolerated(base):
 
 # -- pairs -------------------------------------------------------------------------------------------
 
+
 def test_image_without_mask(base):
     case = base.add_case("train", 0, number=70, mask=False)
     p = only_problem(base.root)
@@ -96,6 +98,7 @@ def test_mask_without_image(base):
 
 
 # -- geometry ------------------------------------------------------------------------------------------
+
 
 def test_shape_mismatch(base):
     case = base.add_case("train", 1, number=72, shape=(8, 10, 6), mask_shape=(8, 10, 7))
@@ -124,6 +127,7 @@ def test_spacing_mismatch_is_an_affine_mismatch(base):
 
 
 # -- mask values ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "bad_value, dtype, expect",
@@ -168,6 +172,7 @@ def test_nan_in_image(base):
 
 # -- unreadable files ------------------------------------------------------------------------------------
 
+
 def test_truncated_image(base):
     case = base.add_case("train", 0, number=77, shape=(30, 30, 20), image_dtype=np.float64)
     base.truncate(case.image, 0.5)
@@ -211,11 +216,13 @@ def test_empty_file(base):
 
 # -- dimensionality --------------------------------------------------------------------------------------
 
+
 def test_two_channel_4d_image_is_rejected(base):
     img = np.stack([base.synthetic_image((8, 10, 6), np.int16)] * 2, axis=-1)
     case = base.add_case("train", 0, number=83, image_data=img)
-    assert only_problem(base.root) == (f"{rel(case.image, base.root)}: not a 3D volume (shape (8, 10, 6, 2)); "
-                                       "expected (x, y, z) or (x, y, z, 1)")
+    assert only_problem(base.root) == (
+        f"{rel(case.image, base.root)}: not a 3D volume (shape (8, 10, 6, 2)); expected (x, y, z) or (x, y, z, 1)"
+    )
 
 
 def test_2d_image_is_rejected(base):
@@ -231,6 +238,7 @@ def test_4d_mask_is_rejected(base):
 
 
 # -- names ------------------------------------------------------------------------------------------------
+
 
 def test_name_not_matching_the_pattern(base):
     (base.root / "train" / "subtype0" / "case_001_0000.nii.gz").write_bytes(b"x")
@@ -277,6 +285,7 @@ def test_subtype_folder_and_prefix_disagree(base):
 
 # -- duplicates ---------------------------------------------------------------------------------------------
 
+
 def test_duplicate_number_across_subtypes(base):
     base.add_case("train", 0, number=100)
     base.add_case("train", 2, number=100)
@@ -300,6 +309,7 @@ def test_test_numbers_are_their_own_namespace(base):
 
 
 # -- folders ------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("split", ["train", "validation", "test"])
 def test_missing_split_folder(base, split):
@@ -337,11 +347,13 @@ def test_split_with_no_cases_is_rejected(base, split):
         for f in sub.iterdir():
             f.unlink()
     problems = problems_of(base.root)
-    assert problems == [f"{split}/subtype{s}: the subtype folder is empty (no .nii.gz images or masks)"
-                        for s in (0, 1, 2)]
+    assert problems == [
+        f"{split}/subtype{s}: the subtype folder is empty (no .nii.gz images or masks)" for s in (0, 1, 2)
+    ]
 
 
 # -- everything at once, read-only ----------------------------------------------------------------------------
+
 
 def test_all_problems_are_reported_at_once(base):
     orphan = base.add_case("train", 0, number=110, mask=False)

@@ -29,6 +29,8 @@ def write_labels(path, data, affine) -> Path:
 
 def strict_load(path):
     """JSON that must not hold NaN or infinities."""
+
     def reject(name):
         raise ValueError(f"invalid JSON constant {name}")
+
     return json.loads(Path(path).read_text(), parse_constant=reject)

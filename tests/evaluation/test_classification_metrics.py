@@ -26,13 +26,14 @@ def probs_for(predicted, confidence=0.6):
 
 # -- classification_metrics -----------------------------------------------------------------------------
 
+
 def test_hand_made_confusion():
     truth = [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
     pred = [0, 0, 0, 1, 0, 1, 1, 1, 2, 2]
     # confusion (rows truth): [[3,1,0],[1,2,0],[0,1,2]]; column sums 4, 4, 2
     f1_0 = 2 * (3 / 4) * (3 / 4) / (3 / 4 + 3 / 4)  # P 3/4, R 3/4
     f1_1 = 2 * (2 / 4) * (2 / 3) / (2 / 4 + 2 / 3)  # P 2/4, R 2/3 -> 4/7
-    f1_2 = 2 * 1 * (2 / 3) / (1 + 2 / 3)            # P 2/2, R 2/3 -> 4/5
+    f1_2 = 2 * 1 * (2 / 3) / (1 + 2 / 3)  # P 2/2, R 2/3 -> 4/5
     m = classification_metrics(truth, probs_for(pred))
     assert m["confusion_matrix"] == [[3, 1, 0], [1, 2, 0], [0, 1, 2]]
     assert m["macro_f1"] == pytest.approx((f1_0 + f1_1 + f1_2) / 3)
@@ -79,13 +80,15 @@ def test_brier_small_example():
 
 def test_ece_small_example():
     truth = [0, 1, 2, 0, 1]
-    p = np.array([
-        [0.95, 0.03, 0.02],  # conf 0.95, correct   -> bin (0.9, 1]
-        [0.90, 0.05, 0.05],  # conf 0.90, wrong     -> bin (0.8, 0.9]
-        [0.10, 0.05, 0.85],  # conf 0.85, correct   -> bin (0.8, 0.9]
-        [0.30, 0.45, 0.25],  # conf 0.45, wrong     -> bin (0.4, 0.5]
-        [0.20, 0.50, 0.30],  # conf 0.50, correct   -> bin (0.4, 0.5]
-    ])
+    p = np.array(
+        [
+            [0.95, 0.03, 0.02],  # conf 0.95, correct   -> bin (0.9, 1]
+            [0.90, 0.05, 0.05],  # conf 0.90, wrong     -> bin (0.8, 0.9]
+            [0.10, 0.05, 0.85],  # conf 0.85, correct   -> bin (0.8, 0.9]
+            [0.30, 0.45, 0.25],  # conf 0.45, wrong     -> bin (0.4, 0.5]
+            [0.20, 0.50, 0.30],  # conf 0.50, correct   -> bin (0.4, 0.5]
+        ]
+    )
     want = (1 / 5) * abs(1 - 0.95) + (2 / 5) * abs(0.5 - 0.875) + (2 / 5) * abs(0.5 - 0.475)
     assert expected_calibration_error(truth, p, n_bins=10) == pytest.approx(want)
     # one bin: |accuracy - mean confidence| over all cases
@@ -106,16 +109,35 @@ def test_invalid_inputs():
 
 # -- summary.json ----------------------------------------------------------------------------------------
 
+
 def test_write_metrics(tmp_path):
     from pancreas_mtl.evaluation.segmentation import summarize_segmentation
 
     nan = float("nan")
-    table = pd.DataFrame([
-        {"case_id": "a", "region": "whole", "dice": 0.9, "nsd": 0.95, "hd95": 2.1, "msd": 0.7,
-         "reference_voxels": 100, "predicted_voxels": 98},
-        {"case_id": "a", "region": "lesion", "dice": 0.0, "nsd": 0.0, "hd95": nan, "msd": nan,
-         "reference_voxels": 10, "predicted_voxels": 0},
-    ])
+    table = pd.DataFrame(
+        [
+            {
+                "case_id": "a",
+                "region": "whole",
+                "dice": 0.9,
+                "nsd": 0.95,
+                "hd95": 2.1,
+                "msd": 0.7,
+                "reference_voxels": 100,
+                "predicted_voxels": 98,
+            },
+            {
+                "case_id": "a",
+                "region": "lesion",
+                "dice": 0.0,
+                "nsd": 0.0,
+                "hd95": nan,
+                "msd": nan,
+                "reference_voxels": 10,
+                "predicted_voxels": 0,
+            },
+        ]
+    )
     table.attrs["nsd_tolerance_mm"] = 2.0
     seg_summary = summarize_segmentation(table)
     cls = classification_metrics([0], np.array([[0.8, 0.1, 0.1]]))
@@ -125,10 +147,26 @@ def test_write_metrics(tmp_path):
         assert (out / name).is_file(), name
     written = strict_load(out / "summary.json")
     assert written == summary
-    required = ["whole_pancreas_dice_mean", "lesion_dice_mean", "macro_f1", "whole_pancreas_dice_std",
-                "whole_pancreas_dice_median", "lesion_dice_std", "lesion_dice_median", "whole_pancreas_nsd_mean",
-                "lesion_nsd_mean", "whole_pancreas_hd95_mean", "lesion_hd95_mean", "whole_pancreas_msd_mean",
-                "lesion_msd_mean", "balanced_accuracy", "brier_score", "ece", "n_cases", "nsd_tolerance_mm"]
+    required = [
+        "whole_pancreas_dice_mean",
+        "lesion_dice_mean",
+        "macro_f1",
+        "whole_pancreas_dice_std",
+        "whole_pancreas_dice_median",
+        "lesion_dice_std",
+        "lesion_dice_median",
+        "whole_pancreas_nsd_mean",
+        "lesion_nsd_mean",
+        "whole_pancreas_hd95_mean",
+        "lesion_hd95_mean",
+        "whole_pancreas_msd_mean",
+        "lesion_msd_mean",
+        "balanced_accuracy",
+        "brier_score",
+        "ece",
+        "n_cases",
+        "nsd_tolerance_mm",
+    ]
     assert not [k for k in required if k not in written]
     assert written["whole_pancreas_dice_mean"] == pytest.approx(0.9)
     assert written["lesion_hd95_mean"] is None and written["lesion_hd95_n_undefined"] == 1

@@ -43,6 +43,7 @@ SPACING = (0.7, 0.7, 3.0)
 
 # -- the independent implementation -------------------------------------------------------------------
 
+
 def _boundary(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
 
@@ -87,6 +88,7 @@ def assert_agree(got: dict, want: dict) -> None:
 
 # -- agreement with the independent implementation --------------------------------------------------
 
+
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 @pytest.mark.parametrize("spacing", [SPACING, (0.8, 0.6, 2.5)])
 def test_random_blobs_agree_with_independent_implementation(seed, spacing):
@@ -124,20 +126,23 @@ def test_cropping_does_not_change_monai_results():
         full = {
             "dice": compute_dice(y_pred, y, include_background=True).item(),
             "nsd": compute_surface_dice(y_pred, y, [2.0], include_background=True, spacing=SPACING).item(),
-            "hd95": compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95,
-                                               spacing=SPACING).item(),
-            "msd": compute_average_surface_distance(y_pred, y, include_background=True, symmetric=True,
-                                                    spacing=SPACING).item(),
+            "hd95": compute_hausdorff_distance(
+                y_pred, y, include_background=True, percentile=95, spacing=SPACING
+            ).item(),
+            "msd": compute_average_surface_distance(
+                y_pred, y, include_background=True, symmetric=True, spacing=SPACING
+            ).item(),
         }
     assert got == pytest.approx(full, abs=1e-6)
 
 
 # -- analytically known answers -----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("k", [1, 2])
 def test_cubes_shifted_along_thick_axis(k):
     shape = (24, 24, 16)
-    ref = cube(shape, (4, 4, 3), (16, 16, 9))           # 12 x 12 x 6 voxels
+    ref = cube(shape, (4, 4, 3), (16, 16, 9))  # 12 x 12 x 6 voxels
     pred = cube(shape, (4, 4, 3 + k), (16, 16, 9 + k))  # shifted by k slices of 3 mm
     got = region_metrics(pred, ref, SPACING, 2.0)
     assert got["dice"] == pytest.approx((6 - k) / 6, abs=1e-6)
@@ -180,6 +185,7 @@ def test_nested_spheres_msd_and_hd():
 
 # -- the plain-numpy dice -------------------------------------------------------------------------
 
+
 def test_dice_of_boolean_masks():
     a = np.zeros((4, 4, 2), bool)
     a[:2] = True  # 16 voxels
@@ -219,6 +225,7 @@ def test_data_and_evaluation_import_without_torch_monai_or_snakemake():
 
 # -- empty-mask rules -------------------------------------------------------------------------------
 
+
 def test_both_empty():
     empty = np.zeros((10, 10, 5), bool)
     assert region_metrics(empty, empty, SPACING) == {"dice": 1.0, "nsd": 1.0, "hd95": 0.0, "msd": 0.0}
@@ -243,11 +250,13 @@ def test_monai_raw_outputs_on_empty_masks_are_what_the_module_normalises():
     def raw(p, r):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return (compute_dice(p, r, include_background=True).item(),
-                    compute_dice(p, r, include_background=True, ignore_empty=False).item(),
-                    compute_surface_dice(p, r, [2.0], **kw).item(),
-                    compute_hausdorff_distance(p, r, percentile=95, **kw).item(),
-                    compute_average_surface_distance(p, r, symmetric=True, **kw).item())
+            return (
+                compute_dice(p, r, include_background=True).item(),
+                compute_dice(p, r, include_background=True, ignore_empty=False).item(),
+                compute_surface_dice(p, r, [2.0], **kw).item(),
+                compute_hausdorff_distance(p, r, percentile=95, **kw).item(),
+                compute_average_surface_distance(p, r, symmetric=True, **kw).item(),
+            )
 
     d, d_keep, nsd, hd, msd = raw(empty, empty)
     assert math.isnan(d) and d_keep == 1.0 and math.isnan(nsd) and math.isnan(hd) and math.isnan(msd)
@@ -268,7 +277,11 @@ def test_case_metrics_regions_and_lesion_free_case():
     assert rows["whole"]["dice"] == pytest.approx(2 * 360 / (400 + 360), abs=1e-6)
     assert rows["whole"]["reference_voxels"] == 400 and rows["whole"]["predicted_voxels"] == 360
     assert {k: rows["lesion"][k] for k in ("dice", "nsd", "hd95", "msd")} == {
-        "dice": 1.0, "nsd": 1.0, "hd95": 0.0, "msd": 0.0}
+        "dice": 1.0,
+        "nsd": 1.0,
+        "hd95": 0.0,
+        "msd": 0.0,
+    }
     assert rows["lesion"]["reference_voxels"] == 0 and rows["lesion"]["predicted_voxels"] == 0
 
 
@@ -288,24 +301,32 @@ def test_case_metrics_lesion_counts_inside_whole():
 
 # -- summary -------------------------------------------------------------------------------------------
 
+
 def test_summarize_excludes_undefined_and_counts_them():
     nan = float("nan")
-    table = pd.DataFrame([
-        {"case_id": "a", "region": "whole", "dice": 0.8, "nsd": 0.9, "hd95": 2.0, "msd": 1.0},
-        {"case_id": "b", "region": "whole", "dice": 0.6, "nsd": 0.7, "hd95": 4.0, "msd": 2.0},
-        {"case_id": "c", "region": "whole", "dice": 0.7, "nsd": 0.5, "hd95": 9.0, "msd": 3.0},
-        {"case_id": "a", "region": "lesion", "dice": 0.0, "nsd": 0.0, "hd95": nan, "msd": nan},
-        {"case_id": "b", "region": "lesion", "dice": 0.5, "nsd": 0.6, "hd95": 5.0, "msd": 1.5},
-        {"case_id": "c", "region": "lesion", "dice": 1.0, "nsd": 1.0, "hd95": 0.0, "msd": 0.0},
-    ])
+    table = pd.DataFrame(
+        [
+            {"case_id": "a", "region": "whole", "dice": 0.8, "nsd": 0.9, "hd95": 2.0, "msd": 1.0},
+            {"case_id": "b", "region": "whole", "dice": 0.6, "nsd": 0.7, "hd95": 4.0, "msd": 2.0},
+            {"case_id": "c", "region": "whole", "dice": 0.7, "nsd": 0.5, "hd95": 9.0, "msd": 3.0},
+            {"case_id": "a", "region": "lesion", "dice": 0.0, "nsd": 0.0, "hd95": nan, "msd": nan},
+            {"case_id": "b", "region": "lesion", "dice": 0.5, "nsd": 0.6, "hd95": 5.0, "msd": 1.5},
+            {"case_id": "c", "region": "lesion", "dice": 1.0, "nsd": 1.0, "hd95": 0.0, "msd": 0.0},
+        ]
+    )
     s = summarize_segmentation(table)
     assert s["whole"]["dice"]["mean"] == pytest.approx(0.7)
     assert s["whole"]["dice"]["std"] == pytest.approx(0.1)  # sample std (ddof=1)
     assert s["whole"]["hd95"]["median"] == pytest.approx(4.0)
     assert s["whole"]["hd95"]["n_undefined"] == 0 and s["whole"]["hd95"]["n"] == 3
     assert s["lesion"]["dice"]["mean"] == pytest.approx(0.5)
-    assert s["lesion"]["hd95"] == {"mean": 2.5, "std": pytest.approx(math.sqrt(12.5)), "median": 2.5,
-                                   "n": 2, "n_undefined": 1}
+    assert s["lesion"]["hd95"] == {
+        "mean": 2.5,
+        "std": pytest.approx(math.sqrt(12.5)),
+        "median": 2.5,
+        "n": 2,
+        "n_undefined": 1,
+    }
     one = summarize_segmentation(table[table["case_id"] == "a"])
     assert one["lesion"]["hd95"]["n"] == 0 and one["lesion"]["hd95"]["n_undefined"] == 1
     assert math.isnan(one["lesion"]["hd95"]["mean"]) and math.isnan(one["whole"]["dice"]["std"])
@@ -313,20 +334,32 @@ def test_summarize_excludes_undefined_and_counts_them():
 
 # -- files ---------------------------------------------------------------------------------------------
 
+
 def test_evaluate_segmentation_reads_spacing_in_array_axis_order(tmp_path):
     spacing = (0.7, 0.8, 3.0)
     affine = lps_affine(spacing)
     shape = (24, 24, 14)
     ref = cube(shape, (4, 4, 2), (16, 16, 8)).astype(np.uint8)
     pairs = []
-    for case_id, lo, hi, _ in [("z2", (4, 4, 4), (16, 16, 10), 6.0), ("x1", (5, 4, 2), (17, 16, 8), 0.7),
-                               ("y2", (4, 6, 2), (16, 18, 8), 1.6)]:
+    for case_id, lo, hi, _ in [
+        ("z2", (4, 4, 4), (16, 16, 10), 6.0),
+        ("x1", (5, 4, 2), (17, 16, 8), 0.7),
+        ("y2", (4, 6, 2), (16, 18, 8), 1.6),
+    ]:
         write_labels(tmp_path / "ref" / f"{case_id}.nii.gz", ref, affine)
         write_labels(tmp_path / "pred" / f"{case_id}.nii.gz", cube(shape, lo, hi).astype(np.uint8), affine)
         pairs.append((case_id, tmp_path / "pred" / f"{case_id}.nii.gz", tmp_path / "ref" / f"{case_id}.nii.gz"))
     table = evaluate_segmentation(pairs, nsd_tolerance_mm=2.0)
-    assert list(table.columns) == ["case_id", "region", "dice", "nsd", "hd95", "msd", "reference_voxels",
-                                   "predicted_voxels"]
+    assert list(table.columns) == [
+        "case_id",
+        "region",
+        "dice",
+        "nsd",
+        "hd95",
+        "msd",
+        "reference_voxels",
+        "predicted_voxels",
+    ]
     assert len(table) == 6 and table.attrs["nsd_tolerance_mm"] == 2.0
     whole = table[table["region"] == "whole"].set_index("case_id")
     assert whole.loc["z2", "hd95"] == pytest.approx(6.0, abs=1e-4)
@@ -364,8 +397,11 @@ def test_shape_mismatch_names_both_files(tmp_path):
 
 def test_affine_mismatch_names_both_files(tmp_path):
     ref = write_labels(tmp_path / "ref" / "quiz_0_001.nii.gz", np.zeros((10, 10, 5)), lps_affine(SPACING))
-    pred = write_labels(tmp_path / "pred" / "quiz_0_001.nii.gz", np.zeros((10, 10, 5)),
-                        lps_affine(SPACING, origin=(100.0, 50.0, -297.0)))
+    pred = write_labels(
+        tmp_path / "pred" / "quiz_0_001.nii.gz",
+        np.zeros((10, 10, 5)),
+        lps_affine(SPACING, origin=(100.0, 50.0, -297.0)),
+    )
     with pytest.raises(UserInputError) as err:
         evaluate_segmentation([("quiz_0_001", pred, ref)])
     text = err.value.render()

@@ -49,11 +49,16 @@ def _fixture(tmp_path) -> SimpleNamespace:
     (preds / "class_probabilities.csv").write_text("\n".join(probs) + "\n")
     (tmp_path / "splits_final.json").write_text('[{"train": ["quiz_0_015"], "val": []}]')
     return SimpleNamespace(
-        input=SimpleNamespace(predictions=str(preds), case_table=str(tmp_path / "case_table.csv"),
-                              raw_dataset=str(raw), splits=str(tmp_path / "splits_final.json")),
+        input=SimpleNamespace(
+            predictions=str(preds),
+            case_table=str(tmp_path / "case_table.csv"),
+            raw_dataset=str(raw),
+            splits=str(tmp_path / "splits_final.json"),
+        ),
         output=SimpleNamespace(summary=str(tmp_path / "results" / "metrics" / "summary.json")),
-        params=SimpleNamespace(nsd_tolerance_mm=2.0, extra={"checkpoint": "checkpoint_final.pth", "folds": [0]},
-                               folds=[0]),
+        params=SimpleNamespace(
+            nsd_tolerance_mm=2.0, extra={"checkpoint": "checkpoint_final.pth", "folds": [0]}, folds=[0]
+        ),
         log=[str(tmp_path / "logs" / "evaluate.log")],
         threads=1,
     )
@@ -61,8 +66,9 @@ def _fixture(tmp_path) -> SimpleNamespace:
 
 def _evaluate(smk: SimpleNamespace, **kwargs) -> dict:
     kwargs.setdefault("nsd_tolerance_mm", smk.params.nsd_tolerance_mm)
-    return evaluate_validation_predictions(smk.input.predictions, smk.input.case_table, smk.input.raw_dataset,
-                                           smk.output.summary, **kwargs)
+    return evaluate_validation_predictions(
+        smk.input.predictions, smk.input.case_table, smk.input.raw_dataset, smk.output.summary, **kwargs
+    )
 
 
 def test_writes_metrics(tmp_path):
@@ -82,8 +88,14 @@ def test_writes_metrics(tmp_path):
     cls = strict_load(out / "classification.json")
     assert cls["confusion_matrix"] == [[1, 0, 0], [0, 1, 0], [0, 1, 0]]
     assert [c["case_id"] for c in cls["per_case"]] == ["quiz_0_010", "quiz_1_011", "quiz_2_012"]
-    assert cls["per_case"][2] == {"case_id": "quiz_2_012", "subtype": 2, "predicted_subtype": 1,
-                                  "prob_0": 0.1, "prob_1": 0.8, "prob_2": 0.1}
+    assert cls["per_case"][2] == {
+        "case_id": "quiz_2_012",
+        "subtype": 2,
+        "predicted_subtype": 1,
+        "prob_0": 0.1,
+        "prob_1": 0.8,
+        "prob_2": 0.1,
+    }
 
 
 def test_a_summary_not_named_summary_json_is_written_too(tmp_path):
@@ -149,8 +161,12 @@ def test_metrics_with_and_without_the_lesion_prior_side_by_side(tmp_path):
     summary = _evaluate(smk)
     assert summary["lesion_dice_mean"] == pytest.approx(1.0)
     assert summary["lesion_dice_mean_without_prior"] == pytest.approx(2 / 3)
-    assert summary["lesion_prior"] == {"enabled": True, "relative_threshold": 0.5, "n_changed": 1,
-                                       "changed_cases": [case]}
+    assert summary["lesion_prior"] == {
+        "enabled": True,
+        "relative_threshold": 0.5,
+        "n_changed": 1,
+        "changed_cases": [case],
+    }
     effect = pd.read_csv(Path(smk.output.summary).parent / "lesion_prior_effect.csv")
     lesion = effect[(effect["region"] == "lesion") & (effect["metric"] == "dice")].iloc[0]
     assert lesion["with_prior"] == pytest.approx(1.0) and lesion["without_prior"] == pytest.approx(2 / 3, abs=1e-4)

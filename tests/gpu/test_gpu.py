@@ -35,7 +35,9 @@ def _training_figures(fold_folder: Path) -> dict:
     logging = checkpoint["logging"]
     log = next(fold_folder.glob("training_log_*.txt")).read_text()
     epochs = [end - start for start, end in zip(logging["epoch_start_timestamps"], logging["epoch_end_timestamps"])]
-    final_validation = (fold_folder / "validation" / "summary.json").stat().st_mtime - logging["epoch_end_timestamps"][-1]
+    final_validation = (fold_folder / "validation" / "summary.json").stat().st_mtime - logging["epoch_end_timestamps"][
+        -1
+    ]
     compiled = re.search(r"torch\.compile: (\d+) graphs compiled", log)
     return {
         "iteration_seconds": logging["train_iteration_seconds"],
@@ -57,16 +59,24 @@ def test_gpu_workflow_trains_compiled_validates_predicts_and_benchmarks(tmp_path
     assert stage1["compiled_graphs"] > 0 and stage2["compiled_graphs"] > 0  # compile: auto is on for CUDA
     benchmark = json.loads((workdir / "results" / "benchmark" / "summary.json").read_text())
     assert all(row["device"].startswith("cuda") for row in benchmark["rows"])
-    (_figures_dir(tmp_path) / "gpu_smoke.json").write_text(json.dumps(
-        {"stage1": stage1, "stage2": stage2, "benchmark": benchmark}, indent=2, default=str))
+    (_figures_dir(tmp_path) / "gpu_smoke.json").write_text(
+        json.dumps({"stage1": stage1, "stage2": stage2, "benchmark": benchmark}, indent=2, default=str)
+    )
 
 
 @pytest.mark.real_sample
 def test_benchmark_rows_on_the_real_sample_on_the_gpu(real_sample_dir, tmp_path):
     workdir = copy_workflow(tmp_path / "workflow")
     result = run_snakemake(
-        workdir, "--cores", "4", *CONFIGS, "--config", f"benchmark={{'real_scale_quiz_dir': '{real_sample_dir}'}}",
-        "--show-failed-logs", "results/benchmark/real_scale/summary.json", timeout=3000,
+        workdir,
+        "--cores",
+        "4",
+        *CONFIGS,
+        "--config",
+        f"benchmark={{'real_scale_quiz_dir': '{real_sample_dir}'}}",
+        "--show-failed-logs",
+        "results/benchmark/real_scale/summary.json",
+        timeout=3000,
     )
     assert result.returncode == 0, snakemake_output(result)[-6000:]
     summary = json.loads((workdir / "results" / "benchmark" / "real_scale" / "summary.json").read_text())
@@ -78,7 +88,15 @@ def test_benchmark_rows_on_the_real_sample_on_the_gpu(real_sample_dir, tmp_path)
 def test_stage1_trains_on_two_gpus(tmp_path):
     workdir = copy_workflow(tmp_path / "workflow")
     two = "training={'num_gpus': 2}", "resources={'train_gpus': 2, 'train_threads': 4}"
-    result = run_snakemake(workdir, "--cores", "4", *CONFIGS, "--config", *two, "--show-failed-logs",
-                           f"{MODELS}/nnUNetTrainerPancreasSeg__nnUNetResEncUNetMPlans__3d_cpu_demo_2gpus/fold_0/"
-                           "checkpoint_final.pth", timeout=3000)
+    result = run_snakemake(
+        workdir,
+        "--cores",
+        "4",
+        *CONFIGS,
+        "--config",
+        *two,
+        "--show-failed-logs",
+        f"{MODELS}/nnUNetTrainerPancreasSeg__nnUNetResEncUNetMPlans__3d_cpu_demo_2gpus/fold_0/checkpoint_final.pth",
+        timeout=3000,
+    )
     assert result.returncode == 0, snakemake_output(result)[-6000:]

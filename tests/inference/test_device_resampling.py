@@ -23,10 +23,12 @@ from pancreas_mtl.inference.device_resampling import resample_to_shape, supports
 @pytest.mark.parametrize("dtype, tolerance", [(np.float32, 2e-5), (np.float16, 1e-2)])  # nnU-Net's logits: float16
 def test_torch_resampling_gives_nnunets_logits_and_labels(shape, new_shape, spacing, new_spacing, dtype, tolerance):
     logits = np.random.default_rng(0).normal(size=shape).astype(dtype)
-    expected = resample_data_or_seg_to_shape(logits, new_shape, spacing, new_spacing, is_seg=False, order=1,
-                                             order_z=0, force_separate_z=None)
-    resampled = resample_to_shape(torch.from_numpy(logits), new_shape, spacing, new_spacing, order=1, order_z=0,
-                                  force_separate_z=None).numpy()
+    expected = resample_data_or_seg_to_shape(
+        logits, new_shape, spacing, new_spacing, is_seg=False, order=1, order_z=0, force_separate_z=None
+    )
+    resampled = resample_to_shape(
+        torch.from_numpy(logits), new_shape, spacing, new_spacing, order=1, order_z=0, force_separate_z=None
+    ).numpy()
     assert resampled.shape == expected.shape and resampled.dtype == expected.dtype
     assert np.abs(resampled.astype(np.float64) - expected).max() <= tolerance
     # labels: the same wherever the two largest logits are not tied within the tolerance
@@ -38,11 +40,18 @@ def test_torch_resampling_gives_nnunets_logits_and_labels(shape, new_shape, spac
 
 def test_plans_with_tricubic_probability_resampling_keep_nnunets_path():
     def configuration(order):
-        return ConfigurationManager({
-            "architecture": {}, "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": order, "order_z": 0,
-                                                   "force_separate_z": None},
-        })
+        return ConfigurationManager(
+            {
+                "architecture": {},
+                "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+                "resampling_fn_probabilities_kwargs": {
+                    "is_seg": False,
+                    "order": order,
+                    "order_z": 0,
+                    "force_separate_z": None,
+                },
+            }
+        )
 
     assert supports(configuration(1)) and supports(configuration(0))
     assert not supports(configuration(3))

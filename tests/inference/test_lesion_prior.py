@@ -235,9 +235,7 @@ def test_two_dimensional_maps_use_full_connectivity():
 
 def test_shape_mismatch_names_both_shapes():
     with pytest.raises(ValueError, match=r"\(40, 50, 60\).*\(40, 50, 61\)"):
-        apply_lesion_presence_prior(
-            pancreas_labels(), np.zeros((40, 50, 61), dtype=np.float32), relative_threshold=0.5
-        )
+        apply_lesion_presence_prior(pancreas_labels(), np.zeros((40, 50, 61), dtype=np.float32), relative_threshold=0.5)
 
 
 @pytest.mark.parametrize("threshold", [0.0, -0.1, 1.0001, 2.0, float("nan")])

@@ -17,7 +17,9 @@ from pancreas_mtl.nnunet.environment import register_trainers
 
 pytestmark = pytest.mark.slow
 
-MODEL = "results/nnunet/trained/Dataset501_PancreasQuiz/nnUNetTrainerPancreasMultiTask__nnUNetResEncUNetMPlans__3d_cpu_demo"
+MODEL = (
+    "results/nnunet/trained/Dataset501_PancreasQuiz/nnUNetTrainerPancreasMultiTask__nnUNetResEncUNetMPlans__3d_cpu_demo"
+)
 # The test images, converted apart from the raw dataset (rule convert_test_images)
 TEST_IMAGES = "results/dataset/Dataset501_PancreasQuiz/test_images"
 
@@ -88,8 +90,15 @@ def test_with_the_baseline_settings_the_optimized_path_gives_stock_nnunets_masks
 def test_optimized_predictions_on_real_ct_keep_the_real_geometry(smoke_workflow, real_sample_dir, tmp_path):
     """Real files (LPS, int16/int32/float64, 1.5-5 mm slices) through the demo model: exact input geometry back."""
     images = sorted((real_sample_dir / "test").glob("quiz_*_0000.nii.gz"))[:2]
-    settings = InferenceSettings(tile_step_size=1.0, mirror_axes=(), channels_last=False, device="cpu",
-                                 preprocessing_workers=1, export_workers=1, resample_on_device=False)
+    settings = InferenceSettings(
+        tile_step_size=1.0,
+        mirror_axes=(),
+        channels_last=False,
+        device="cpu",
+        preprocessing_workers=1,
+        export_workers=1,
+        resample_on_device=False,
+    )
     predictor = build_predictor(smoke_workflow / MODEL, [0], "checkpoint_final.pth", settings)
     try:
         probabilities = predict_images(predictor, images, tmp_path / "out", settings)
@@ -123,7 +132,9 @@ def test_two_folds_are_ensembled_for_both_heads(smoke_workflow):
     assert np.allclose(probabilities[(0, 1)], (probabilities[(0,)] + probabilities[(1,)]) / 2, atol=1e-5)
 
 
-def test_training_validation_and_prediction_give_the_same_masks_and_probabilities(smoke_workflow, tmp_path, monkeypatch):
+def test_training_validation_and_prediction_give_the_same_masks_and_probabilities(
+    smoke_workflow, tmp_path, monkeypatch
+):
     """The trainer's full-volume validation and the workflow's prediction run the same core on the same checkpoint."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
 
@@ -150,8 +161,15 @@ def test_training_validation_and_prediction_give_the_same_masks_and_probabilitie
     validation = trainer.predict_validation_cases()
     assert validation
 
-    settings = InferenceSettings(tile_step_size=0.5, mirror_axes=(), channels_last=False, device="cpu",
-                                 preprocessing_workers=1, export_workers=1, resample_on_device=False)
+    settings = InferenceSettings(
+        tile_step_size=0.5,
+        mirror_axes=(),
+        channels_last=False,
+        device="cpu",
+        preprocessing_workers=1,
+        export_workers=1,
+        resample_on_device=False,
+    )
     predictor = build_predictor(model, [0], checkpoint, settings)
     images = [root / "raw" / "Dataset501_PancreasQuiz" / "imagesTr" / f"{key}_0000.nii.gz" for key in validation]
     try:
@@ -160,14 +178,19 @@ def test_training_validation_and_prediction_give_the_same_masks_and_probabilitie
         predictor.close()
     # a later call on bare preprocessed data files nothing under the name of the last case predicted
     last = list(predicted)[-1]
-    data, _ = preprocess_case(str(images[0]), predictor.plans_manager, predictor.configuration_manager,
-                              predictor.dataset_json)
+    data, _ = preprocess_case(
+        str(images[0]), predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json
+    )
     predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data))
     assert len(predicted) >= 2 and np.array_equal(predictor.class_probabilities[last], predicted[last])
     for key, (labels, probabilities, _) in validation.items():
         assert np.allclose(predicted[key], probabilities, atol=1e-6), key
-        data, _ = preprocess_case(str(root / "raw" / "Dataset501_PancreasQuiz" / "imagesTr" / f"{key}_0000.nii.gz"),
-                                  predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json)
+        data, _ = preprocess_case(
+            str(root / "raw" / "Dataset501_PancreasQuiz" / "imagesTr" / f"{key}_0000.nii.gz"),
+            predictor.plans_manager,
+            predictor.configuration_manager,
+            predictor.dataset_json,
+        )
         logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data))
         assert np.array_equal(logits.argmax(0).numpy(), labels), key
         assert np.allclose(predictor.last_class_probabilities, probabilities, atol=1e-6), key
@@ -177,8 +200,15 @@ def _predict_both_ways(model: Path, images: list[Path], out: Path, lesion_prior_
     """Masks and class probabilities with nnU-Net's CPU export and with the torch resampling (on the CPU here)."""
     results = {}
     for on_device in (False, True):
-        settings = InferenceSettings(tile_step_size=0.5, mirror_axes=(), channels_last=False, device="cpu",
-                                     preprocessing_workers=1, export_workers=1, resample_on_device=on_device)
+        settings = InferenceSettings(
+            tile_step_size=0.5,
+            mirror_axes=(),
+            channels_last=False,
+            device="cpu",
+            preprocessing_workers=1,
+            export_workers=1,
+            resample_on_device=on_device,
+        )
         predictor = build_predictor(model, [0], "checkpoint_final.pth", settings)
         assert predictor.resample_on_device is on_device
         try:
@@ -202,8 +232,9 @@ def _whole_dice_per_case(out: Path, images: list[Path]) -> dict[str, float]:
 
 def test_resampling_on_the_device_gives_nnunets_masks_and_the_same_prior(smoke_workflow, tmp_path):
     """The torch export path (a GPU's, run on the CPU here) against nnU-Net's, lesion-presence prior on."""
-    images = sorted((smoke_workflow / "results" / "nnunet" / "raw" / "Dataset501_PancreasQuiz" / "imagesTr")
-                    .glob("*_0000.nii.gz"))[:3]
+    images = sorted(
+        (smoke_workflow / "results" / "nnunet" / "raw" / "Dataset501_PancreasQuiz" / "imagesTr").glob("*_0000.nii.gz")
+    )[:3]
     results = _predict_both_ways(smoke_workflow / MODEL, images, tmp_path, lesion_prior_threshold=0.5)
     dices = _whole_dice_per_case(tmp_path, images)
     assert min(dices.values()) >= 0.99, dices
@@ -223,31 +254,41 @@ def test_resampling_on_the_device_agrees_with_nnunet_on_real_ct(smoke_workflow, 
 
 
 def test_the_device_export_writes_nnunets_masks_and_prior_for_a_case_without_a_predicted_lesion(
-        smoke_workflow, tmp_path):
+    smoke_workflow, tmp_path
+):
     """Export functions called directly: nnU-Net's CPU export against the torch resampling + cropped export, on logits
     whose lesion channel never wins, so that the lesion-presence prior has to add the lesion on both paths."""
     from pancreas_mtl.inference.device_resampling import segmentation_on_input_crop
     from pancreas_mtl.inference.lesion_prior import lesion_output_channel
     from pancreas_mtl.inference.workers import export_case, export_cropped_labels, preprocess_case
 
-    settings = InferenceSettings(tile_step_size=0.5, mirror_axes=(), channels_last=False, device="cpu",
-                                 preprocessing_workers=1, export_workers=1, resample_on_device=False)
+    settings = InferenceSettings(
+        tile_step_size=0.5,
+        mirror_axes=(),
+        channels_last=False,
+        device="cpu",
+        preprocessing_workers=1,
+        export_workers=1,
+        resample_on_device=False,
+    )
     predictor = build_predictor(smoke_workflow / MODEL, [0], "checkpoint_final.pth", settings, start_workers=False)
-    image = sorted((smoke_workflow / "results" / "nnunet" / "raw" / "Dataset501_PancreasQuiz" / "imagesTr")
-                   .glob("*_0000.nii.gz"))[0]
+    image = sorted(
+        (smoke_workflow / "results" / "nnunet" / "raw" / "Dataset501_PancreasQuiz" / "imagesTr").glob("*_0000.nii.gz")
+    )[0]
     pm, cm, dj = predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json
     data, properties = preprocess_case(str(image), pm, cm, dj)
     logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).clone()
     label_manager = pm.get_label_manager(dj)
     lesion = lesion_output_channel(label_manager)
     # below every other channel: linear resampling (non-negative weights) keeps it below, so the lesion never wins
-    others = torch.cat([logits[:lesion], logits[lesion + 1:]]).min(0).values
+    others = torch.cat([logits[:lesion], logits[lesion + 1 :]]).min(0).values
     logits[lesion] = torch.minimum(logits[lesion], others - 1.0)
 
     cpu = export_case(logits.numpy(), properties, cm, pm, dj, str(tmp_path / "cpu"), 0.5)
     labels, probabilities = segmentation_on_input_crop(logits, properties, pm, cm, label_manager)
-    moved = export_cropped_labels(labels, probabilities[lesion].float().numpy(), properties, pm, dj,
-                                  str(tmp_path / "device"), 0.5)
+    moved = export_cropped_labels(
+        labels, probabilities[lesion].float().numpy(), properties, pm, dj, str(tmp_path / "device"), 0.5
+    )
     assert cpu["added_voxels"] > 0 and moved["added_voxels"] > 0
     assert abs(cpu["added_voxels"] - moved["added_voxels"]) <= 0.01 * cpu["added_voxels"]
     a, b = (np.asarray(nib.load(tmp_path / f"{name}.nii.gz").dataobj) for name in ("cpu", "device"))
@@ -281,8 +322,9 @@ def test_the_device_export_runs_under_the_accelerator_standin(smoke_workflow, tm
     """Defect: the GPU export took nnU-Net's argmax, which calls .numpy() on the device's probabilities (a
     TypeError on CUDA, which the out-of-memory fallback did not catch). Under the stand-in it must write the masks
     nnU-Net's CPU export writes, copying to the host explicitly."""
-    images = sorted((smoke_workflow / "results" / "nnunet" / "raw" / "Dataset501_PancreasQuiz" / "imagesTr")
-                    .glob("*_0000.nii.gz"))[:2]
+    images = sorted(
+        (smoke_workflow / "results" / "nnunet" / "raw" / "Dataset501_PancreasQuiz" / "imagesTr").glob("*_0000.nii.gz")
+    )[:2]
     _predict_both_ways(smoke_workflow / MODEL, images, tmp_path, lesion_prior_threshold=0.5)
     assert accelerator_standin.host_copies > 0
     dices = _whole_dice_per_case(tmp_path, images)
@@ -295,11 +337,19 @@ def test_every_benchmark_row_runs_under_the_accelerator_standin(smoke_workflow, 
 
     images = sorted((smoke_workflow / TEST_IMAGES).glob("*_0000.nii.gz"))[:1]
     assert images
-    settings = InferenceSettings(tile_step_size=0.5, mirror_axes=(), channels_last=False, device="cpu",
-                                 preprocessing_workers=1, export_workers=1, resample_on_device=True)
+    settings = InferenceSettings(
+        tile_step_size=0.5,
+        mirror_axes=(),
+        channels_last=False,
+        device="cpu",
+        preprocessing_workers=1,
+        export_workers=1,
+        resample_on_device=True,
+    )
     for row in ROWS:
-        result = run_row(row, smoke_workflow / MODEL, [0], "checkpoint_final.pth", images, tmp_path, settings,
-                          repeats=0)
+        result = run_row(
+            row, smoke_workflow / MODEL, [0], "checkpoint_final.pth", images, tmp_path, settings, repeats=0
+        )
         assert result["per_case"][0]["compute_seconds"] > 0, row
         if row != "one_pass":  # the compute-only bound writes nothing
             assert (tmp_path / row / images[0].name.replace("_0000", "")).is_file(), row

@@ -20,11 +20,13 @@ from pancreas_mtl.inference.submission import make_submission_zip, write_subtype
 
 
 def probabilities():
-    return class_probability_table({
-        "quiz_037": np.array([0.7, 0.2, 0.1]),
-        "quiz_005": np.array([0.1, 0.1, 0.8]),
-        "quiz_120": np.array([0.2, 0.5, 0.3]),
-    })
+    return class_probability_table(
+        {
+            "quiz_037": np.array([0.7, 0.2, 0.1]),
+            "quiz_005": np.array([0.1, 0.1, 0.8]),
+            "quiz_120": np.array([0.2, 0.5, 0.3]),
+        }
+    )
 
 
 def test_subtype_results_csv_is_exactly_the_handout_format(tmp_path):
@@ -56,12 +58,14 @@ def test_zip_refuses_missing_masks_and_leaves_no_partial_file(tmp_path):
 def test_subtype_results_script_writes_the_csv_and_a_copy_of_the_probabilities(tmp_path):
     predictions = tmp_path / "predictions" / "test"
     predictions.mkdir(parents=True)
-    source = write_class_probabilities(predictions, {"quiz_037": np.array([0.7, 0.2, 0.1]),
-                                                     "quiz_005": np.array([0.1, 0.1, 0.8])})
+    source = write_class_probabilities(
+        predictions, {"quiz_037": np.array([0.7, 0.2, 0.1]), "quiz_005": np.array([0.1, 0.1, 0.8])}
+    )
     smk = SimpleNamespace(
         input=SimpleNamespace(predictions=str(predictions)),
-        output=SimpleNamespace(subtypes=str(tmp_path / "subtype_results.csv"),
-                               probabilities=str(tmp_path / "subtype_probabilities.csv")),
+        output=SimpleNamespace(
+            subtypes=str(tmp_path / "subtype_results.csv"), probabilities=str(tmp_path / "subtype_probabilities.csv")
+        ),
         log=[str(tmp_path / "subtype_results.log")],
     )
     script = Path(__file__).resolve().parents[2] / "workflow" / "scripts" / "subtype_results.py"

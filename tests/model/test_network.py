@@ -78,7 +78,10 @@ def _plans(unet: str = "ResidualEncoderUNet") -> dict:
                 "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
                 "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
                 "resampling_fn_probabilities_kwargs": {
-                    "is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None
+                    "is_seg": False,
+                    "order": 1,
+                    "order_z": 0,
+                    "force_separate_z": None,
                 },
                 "architecture": {
                     "network_class_name": f"dynamic_network_architectures.architectures.unet.{unet}",
@@ -106,8 +109,13 @@ def _plain(seed: int = 1, ds: bool = True):
     torch.manual_seed(seed)
     _, cm = _managers()
     return get_network_from_plans(
-        cm.network_arch_class_name, cm.network_arch_init_kwargs, cm.network_arch_init_kwargs_req_import,
-        1, N_SEG, allow_init=True, deep_supervision=ds,
+        cm.network_arch_class_name,
+        cm.network_arch_init_kwargs,
+        cm.network_arch_init_kwargs_req_import,
+        1,
+        N_SEG,
+        allow_init=True,
+        deep_supervision=ds,
     )
 
 

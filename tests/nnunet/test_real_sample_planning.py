@@ -21,12 +21,18 @@ def test_real_sample_converts_plans_and_runs_one_patch_of_the_real_network(real_
     folders = NnunetFolders.under(tmp_path / "nnunet")
     raw = folders.raw / "Dataset502_RealSample"
     summary = convert_quiz_to_nnunet(
-        real_sample_dir, raw, tmp_path / "splits.json", tmp_path / "cases.csv",
-        dataset_name="Dataset502_RealSample", n_workers=2, allow_partial=True,
+        real_sample_dir,
+        raw,
+        tmp_path / "splits.json",
+        tmp_path / "cases.csv",
+        dataset_name="Dataset502_RealSample",
+        n_workers=2,
+        allow_partial=True,
     )
     assert summary["cases"] == {"train": 1, "validation": 0}
     assert convert_test_images(real_sample_dir, tmp_path / "test_images", tmp_path / "test_cases.csv")["cases"] == {
-        "test": 5}
+        "test": 5
+    }
     # exact geometry of the converted label, and labels rounded to {0,1,2}
     image = sitk.ReadImage(str(raw / "imagesTr" / "quiz_0_324_0000.nii.gz"))
     label = sitk.ReadImage(str(raw / "labelsTr" / "quiz_0_324.nii.gz"))

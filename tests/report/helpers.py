@@ -40,7 +40,8 @@ def nnunet_logging(n_epochs: int, multitask: bool, every: int = 5, seed: int = 0
         "full_val_lesion_dice": sparse(0.6 - 0.5 * decay),
     }
     log["full_val_combined"] = sparse(
-        (np.asarray(log["full_val_whole_dice"]) + np.asarray(log["full_val_lesion_dice"])) / 2)
+        (np.asarray(log["full_val_whole_dice"]) + np.asarray(log["full_val_lesion_dice"])) / 2
+    )
     if multitask:
         log["full_val_macro_f1"] = sparse(0.7 - 0.4 * decay)
         log["train_seg_loss"] = list(np.asarray(log["train_losses"]) - 0.1)
@@ -76,7 +77,7 @@ def synthetic_case(shape=(64, 64, 10), seed=0, lesion_slice=6) -> tuple[np.ndarr
     pancreas = ((x - cx - 4) / 12.0) ** 2 + ((y - cy) / 5.0) ** 2 <= 1
     labels[pancreas & (z >= 2) & (z <= shape[2] - 2)] = 1
     radius = np.maximum(0, 4 - np.abs(z - lesion_slice))
-    lesion = (x - cx - 8) ** 2 + (y - cy) ** 2 <= radius ** 2
+    lesion = (x - cx - 8) ** 2 + (y - cy) ** 2 <= radius**2
     labels[lesion & pancreas] = 2
     image[labels == 1] = 100 + rng.normal(0, 8, int((labels == 1).sum()))
     image[labels == 2] = 20 + rng.normal(0, 8, int((labels == 2).sum()))
@@ -95,9 +96,16 @@ def per_case_table(n_cases: int = 9, seed: int = 0, with_subtype: bool = True) -
     for i in range(n_cases):
         for region, base in (("whole", 0.8), ("lesion", 0.55)):
             dice = float(np.clip(base + rng.normal(0, 0.12), 0, 1))
-            row = {"case_id": f"quiz_{i % 3}_{i:03d}", "region": region, "dice": dice,
-                   "nsd": float(np.clip(dice + 0.05, 0, 1)), "hd95": float(rng.uniform(2, 30)),
-                   "msd": float(rng.uniform(0.5, 5)), "reference_voxels": 1000, "predicted_voxels": 950}
+            row = {
+                "case_id": f"quiz_{i % 3}_{i:03d}",
+                "region": region,
+                "dice": dice,
+                "nsd": float(np.clip(dice + 0.05, 0, 1)),
+                "hd95": float(rng.uniform(2, 30)),
+                "msd": float(rng.uniform(0.5, 5)),
+                "reference_voxels": 1000,
+                "predicted_voxels": 950,
+            }
             if with_subtype:
                 row["subtype"] = i % 3
             rows.append(row)
@@ -106,23 +114,47 @@ def per_case_table(n_cases: int = 9, seed: int = 0, with_subtype: bool = True) -
     return table
 
 
-BENCHMARK = {"baseline_seconds_total": 120.0, "optimized_seconds_total": 20.0, "one_pass_seconds_total": 12.0,
-             "speedup": 6.0, "optimized_over_one_pass": 1.67, "baseline_peak_memory_mb": 3000,
-             "optimized_peak_memory_mb": 2500, "agreement_whole_dice": 0.99, "same_subtype_fraction": 1.0,
-             "setting": "demo", "device": "cpu", "repeats": 2, "agreement_whole_dice_min": 0.97,
-             "baseline_peak_gpu_mb": 3000, "optimized_peak_gpu_mb": 2500,
-             "stock_segmentation_seconds_total": 100.0, "optimized_stock_settings_seconds_total": 60.0,
-             "end_to_end_bound_seconds_total": 14.0, "stock_segmentation_cold_seconds": 130.0,
-             "baseline_cold_seconds": 150.0, "optimized_stock_settings_cold_seconds": 75.0,
-             "optimized_cold_seconds": 30.0, "one_pass_cold_seconds": 15.0, "end_to_end_bound_cold_seconds": 18.0,
-             "optimized_over_end_to_end_bound": 1.43, "stock_settings_speedup": 2.0}
+BENCHMARK = {
+    "baseline_seconds_total": 120.0,
+    "optimized_seconds_total": 20.0,
+    "one_pass_seconds_total": 12.0,
+    "speedup": 6.0,
+    "optimized_over_one_pass": 1.67,
+    "baseline_peak_memory_mb": 3000,
+    "optimized_peak_memory_mb": 2500,
+    "agreement_whole_dice": 0.99,
+    "same_subtype_fraction": 1.0,
+    "setting": "demo",
+    "device": "cpu",
+    "repeats": 2,
+    "agreement_whole_dice_min": 0.97,
+    "baseline_peak_gpu_mb": 3000,
+    "optimized_peak_gpu_mb": 2500,
+    "stock_segmentation_seconds_total": 100.0,
+    "optimized_stock_settings_seconds_total": 60.0,
+    "end_to_end_bound_seconds_total": 14.0,
+    "stock_segmentation_cold_seconds": 130.0,
+    "baseline_cold_seconds": 150.0,
+    "optimized_stock_settings_cold_seconds": 75.0,
+    "optimized_cold_seconds": 30.0,
+    "one_pass_cold_seconds": 15.0,
+    "end_to_end_bound_cold_seconds": 18.0,
+    "optimized_over_end_to_end_bound": 1.43,
+    "stock_settings_speedup": 2.0,
+}
 
 
 def benchmark_per_case(n_cases: int = 4) -> pd.DataFrame:
     rows = []
     for i in range(n_cases):
-        for path, seconds in (("stock_segmentation", 25.0), ("baseline", 30.0), ("optimized_stock_settings", 15.0),
-                              ("optimized", 5.0), ("one_pass", 3.0), ("end_to_end_bound", 3.5)):
+        for path, seconds in (
+            ("stock_segmentation", 25.0),
+            ("baseline", 30.0),
+            ("optimized_stock_settings", 15.0),
+            ("optimized", 5.0),
+            ("one_pass", 3.0),
+            ("end_to_end_bound", 3.5),
+        ):
             rows.append({"case_id": f"quiz_{i:03d}", "path": path, "seconds": seconds + i})
     return pd.DataFrame(rows)
 

@@ -47,15 +47,22 @@ def validation_results(tmp_path, n_cases: int = 5) -> SimpleNamespace:
         write_nifti(raw / "imagesTr" / f"{case_id}_0000.nii.gz", image)
         write_nifti(raw / "labelsTr" / f"{case_id}.nii.gz", labels)
         write_nifti(predictions / f"{case_id}.nii.gz", np.roll(labels, i, axis=1))
-        case_rows.append({"case_id": case_id, "split": "validation", "subtype": i % 3,
-                          "image": f"imagesTr/{case_id}_0000.nii.gz", "mask": f"labelsTr/{case_id}.nii.gz"})
+        case_rows.append(
+            {
+                "case_id": case_id,
+                "split": "validation",
+                "subtype": i % 3,
+                "image": f"imagesTr/{case_id}_0000.nii.gz",
+                "mask": f"labelsTr/{case_id}.nii.gz",
+            }
+        )
         for region, dice in (("whole", 0.9 - 0.1 * i), ("lesion", 0.7 - 0.1 * i)):
-            per_case_rows.append({"case_id": case_id, "region": region, "dice": dice, **PER_CASE_METRICS,
-                                  "nsd": dice})
+            per_case_rows.append({"case_id": case_id, "region": region, "dice": dice, **PER_CASE_METRICS, "nsd": dice})
     pd.DataFrame(case_rows).to_csv(tmp_path / "cases.csv", index=False)
     pd.DataFrame(per_case_rows).to_csv(tmp_path / "per_case.csv", index=False)
-    return SimpleNamespace(raw=raw, predictions=predictions, case_table=tmp_path / "cases.csv",
-                           per_case=tmp_path / "per_case.csv")
+    return SimpleNamespace(
+        raw=raw, predictions=predictions, case_table=tmp_path / "cases.csv", per_case=tmp_path / "per_case.csv"
+    )
 
 
 # ------------------------------------------------------------------------------------------ overlay cases
@@ -63,7 +70,11 @@ def test_overlay_cases_are_the_two_best_then_the_two_worst(tmp_path):
     res = validation_results(tmp_path)
     cases = overlay_cases(pd.read_csv(res.per_case), read_case_table(res.case_table), res.raw, res.predictions)
     assert [(c["case_id"], c["label"]) for c in cases] == [
-        ("quiz_0_000", "best"), ("quiz_1_001", "best"), ("quiz_0_003", "worst"), ("quiz_1_004", "worst")]
+        ("quiz_0_000", "best"),
+        ("quiz_1_001", "best"),
+        ("quiz_0_003", "worst"),
+        ("quiz_1_004", "worst"),
+    ]
     assert cases[0]["dice"] == pytest.approx(0.9)
     assert cases[2]["image"] == res.raw / "imagesTr" / "quiz_0_003_0000.nii.gz"
     assert cases[2]["reference"] == res.raw / "labelsTr" / "quiz_0_003.nii.gz"
@@ -75,7 +86,10 @@ def test_overlay_cases_show_each_case_once_and_skip_cases_without_prediction(tmp
     (res.predictions / "quiz_0_000.nii.gz").unlink()  # the best case has no prediction: not shown
     cases = overlay_cases(pd.read_csv(res.per_case), read_case_table(res.case_table), res.raw, res.predictions)
     assert [(c["case_id"], c["label"]) for c in cases] == [
-        ("quiz_1_001", "best"), ("quiz_2_002", "best"), ("quiz_0_003", "worst")]
+        ("quiz_1_001", "best"),
+        ("quiz_2_002", "best"),
+        ("quiz_0_003", "worst"),
+    ]
 
 
 def test_overlay_cases_need_a_prediction_and_a_case_table_row(tmp_path):
@@ -108,7 +122,8 @@ def test_benchmark_chart_from_files_with_and_without_per_case_timings(tmp_path):
 def test_make_report_plots_script(tmp_path):
     res = validation_results(tmp_path)
     (tmp_path / "classification.json").write_text(
-        json.dumps({"confusion_matrix": [[2, 0, 0], [0, 1, 1], [0, 0, 1]], "macro_f1": 0.78}))
+        json.dumps({"confusion_matrix": [[2, 0, 0], [0, 1, 1], [0, 0, 1]], "macro_f1": 0.78})
+    )
     (tmp_path / "benchmark.json").write_text(json.dumps(BENCHMARK))
     benchmark_per_case(5).to_csv(tmp_path / "benchmark_per_case.csv", index=False)
 
@@ -137,17 +152,23 @@ def test_make_report_plots_script(tmp_path):
 
 def test_make_report_plots_script_fails_cleanly_without_predictions(tmp_path):
     pd.DataFrame([{"case_id": "quiz_0_001", "region": "whole", "dice": 0.5, **PER_CASE_METRICS}]).to_csv(
-        tmp_path / "pc.csv", index=False)
-    pd.DataFrame([{"case_id": "quiz_0_001", "split": "validation", "subtype": 0, "image": "a", "mask": "b"}]
-                 ).to_csv(tmp_path / "cases.csv", index=False)
+        tmp_path / "pc.csv", index=False
+    )
+    pd.DataFrame([{"case_id": "quiz_0_001", "split": "validation", "subtype": 0, "image": "a", "mask": "b"}]).to_csv(
+        tmp_path / "cases.csv", index=False
+    )
     (tmp_path / "classification.json").write_text(json.dumps({"confusion_matrix": [[1, 0], [0, 1]]}))
     snakemake = SimpleNamespace(
         input=SimpleNamespace(
             stage1_checkpoint=str(write_checkpoint(tmp_path / "s1.pth", nnunet_logging(3, False))),
             stage2_checkpoint=str(write_checkpoint(tmp_path / "s2.pth", nnunet_logging(3, True))),
-            segmentation_per_case=str(tmp_path / "pc.csv"), classification=str(tmp_path / "classification.json"),
-            case_table=str(tmp_path / "cases.csv"), raw_dataset=str(tmp_path), predictions=str(tmp_path / "none"),
-            benchmark=str(tmp_path / "b.json"), benchmark_per_case=str(tmp_path / "b.csv"),
+            segmentation_per_case=str(tmp_path / "pc.csv"),
+            classification=str(tmp_path / "classification.json"),
+            case_table=str(tmp_path / "cases.csv"),
+            raw_dataset=str(tmp_path),
+            predictions=str(tmp_path / "none"),
+            benchmark=str(tmp_path / "b.json"),
+            benchmark_per_case=str(tmp_path / "b.csv"),
         ),
         output=SimpleNamespace(**{n: str(tmp_path / f"{n}.png") for n in FIGURES}),
         log=[str(tmp_path / "plots.log")],

@@ -28,13 +28,16 @@ def montage_cases(tmp_path) -> list[dict]:
     for i, (label, dice, shift) in enumerate((("best", 0.91, 0), ("worst", 0.42, 5))):
         image, labels = synthetic_case(seed=i)
         prediction = np.roll(labels, shift, axis=0)
-        cases.append({
-            "case_id": f"quiz_{i}_{i:03d}",
-            "image": write_nifti(tmp_path / f"img{i}.nii.gz", image),
-            "reference": write_nifti(tmp_path / f"ref{i}.nii.gz", labels),
-            "prediction": write_nifti(tmp_path / f"pred{i}.nii.gz", prediction),
-            "dice": dice, "label": label,
-        })
+        cases.append(
+            {
+                "case_id": f"quiz_{i}_{i:03d}",
+                "image": write_nifti(tmp_path / f"img{i}.nii.gz", image),
+                "reference": write_nifti(tmp_path / f"ref{i}.nii.gz", labels),
+                "prediction": write_nifti(tmp_path / f"pred{i}.nii.gz", prediction),
+                "dice": dice,
+                "label": label,
+            }
+        )
     return cases
 
 
@@ -76,9 +79,9 @@ def test_dice_distributions_with_and_without_subtype(tmp_path):
 
 def test_select_slice_prefers_the_largest_lesion_area():
     labels = np.zeros((10, 10, 6), dtype=np.uint8)
-    labels[1:9, 1:9, 1] = 1          # largest pancreas slice
-    labels[2:5, 2:5, 3] = 2          # 9 lesion voxels
-    labels[2:6, 2:6, 4] = 2          # 16 lesion voxels: the largest lesion
+    labels[1:9, 1:9, 1] = 1  # largest pancreas slice
+    labels[2:5, 2:5, 3] = 2  # 9 lesion voxels
+    labels[2:6, 2:6, 4] = 2  # 16 lesion voxels: the largest lesion
     labels[2:4, 2:4, 5] = 2
     assert plots.select_slice(labels) == 4
 
@@ -95,17 +98,17 @@ def test_radiological_display_puts_patient_right_on_the_left(tmp_path):
     # The quiz data's affine diag(-sx, -sy, sz) in NIfTI (RAS+ world): voxel index i grows towards the
     # patient's left, index j towards posterior. Mark the right-most column and the most anterior row.
     volume = np.zeros((8, 6, 2), dtype=np.int16)
-    volume[0, 3, :] = 1     # patient's right
-    volume[7, 4, :] = 3     # patient's left
-    volume[2, 0, :] = 2     # anterior
+    volume[0, 3, :] = 1  # patient's right
+    volume[7, 4, :] = 3  # patient's left
+    volume[2, 0, :] = 2  # anterior
     img = plots._load_canonical(write_nifti(tmp_path / "orient.nii.gz", volume))
-    shown = plots._radiological(np.asarray(img.dataobj)[:, :, 0])   # drawn with origin="lower"
+    shown = plots._radiological(np.asarray(img.dataobj)[:, :, 0])  # drawn with origin="lower"
     rows, cols = np.nonzero(shown == 1)
-    assert cols.tolist() == [0]                        # right -> left edge of the image
+    assert cols.tolist() == [0]  # right -> left edge of the image
     rows, cols = np.nonzero(shown == 3)
-    assert cols.tolist() == [shown.shape[1] - 1]       # left -> right edge
+    assert cols.tolist() == [shown.shape[1] - 1]  # left -> right edge
     rows, cols = np.nonzero(shown == 2)
-    assert rows.tolist() == [shown.shape[0] - 1]       # anterior -> top row (origin="lower")
+    assert rows.tolist() == [shown.shape[0] - 1]  # anterior -> top row (origin="lower")
 
 
 def test_slice_index_is_reported_in_the_file_own_numbering(tmp_path):
@@ -136,6 +139,11 @@ def test_benchmark(tmp_path):
 
 
 def test_benchmark_with_missing_values_and_no_per_case(tmp_path):
-    partial = {"baseline_seconds_total": 900.0, "optimized_seconds_total": 300.0, "speedup": None,
-               "agreement_whole_dice": None, "setting": "real-scale"}
+    partial = {
+        "baseline_seconds_total": 900.0,
+        "optimized_seconds_total": 300.0,
+        "speedup": None,
+        "agreement_whole_dice": None,
+        "setting": "real-scale",
+    }
     assert_png(plots.plot_benchmark(partial, None, tmp_path / "bench_partial.png"))

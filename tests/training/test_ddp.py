@@ -44,8 +44,15 @@ def _rank(rank: int, port: int, smoke_workflow: Path, tmp_path: Path, stage1_che
     dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
     (tmp_path / f"rank{rank}").mkdir()
     try:
-        trainer = _smoke_trainer(smoke_workflow, tmp_path / f"rank{rank}", _Env(), nnUNetTrainerPancreasMultiTask,
-                                 "stage2", stage1_checkpoint=stage1_checkpoint, oversample_foreground_percent=0.33)
+        trainer = _smoke_trainer(
+            smoke_workflow,
+            tmp_path / f"rank{rank}",
+            _Env(),
+            nnUNetTrainerPancreasMultiTask,
+            "stage2",
+            stage1_checkpoint=stage1_checkpoint,
+            oversample_foreground_percent=0.33,
+        )
         os.environ["nnUNet_results"] = str(tmp_path / "trained")  # one model folder, as the ranks share it
         trainer.output_folder_base = str(tmp_path / "trained" / "model")
         trainer.output_folder = str(tmp_path / "trained" / "model" / "fold_0")
@@ -83,14 +90,16 @@ def test_stage2_trains_validates_and_checkpoints_under_ddp(smoke_workflow, tmp_p
     went on (a collective timeout on a GPU cluster); every rank's augmentation workers had the same seeds; and
     nnU-Net's per-rank oversampling (0 or 1 at one sample per rank) replaced the probability drawn per sample; and
     nnU-Net's W&B logger ran on every rank (two writers of one offline run)."""
-    stage1_checkpoint = next((smoke_workflow / "results" / "nnunet" / "trained").rglob(
-        "nnUNetTrainerPancreasSeg__*/fold_0/checkpoint_best_combined.pth"))
+    stage1_checkpoint = next(
+        (smoke_workflow / "results" / "nnunet" / "trained").rglob(
+            "nnUNetTrainerPancreasSeg__*/fold_0/checkpoint_best_combined.pth"
+        )
+    )
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     monkeypatch.setenv("nnUNet_wandb_enabled", "1")  # as the workflow runs it, offline
     monkeypatch.setenv("nnUNet_wandb_mode", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    mp.spawn(_rank, args=(_free_port(), smoke_workflow, tmp_path, str(stage1_checkpoint)), nprocs=WORLD_SIZE,
-             join=True)
+    mp.spawn(_rank, args=(_free_port(), smoke_workflow, tmp_path, str(stage1_checkpoint)), nprocs=WORLD_SIZE, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
     for record in ranks:
         assert record["ddp"] and record["device"] == "cpu"

@@ -23,11 +23,15 @@ def test_full_validation_runs_on_device_outputs(smoke_workflow, tmp_path, monkey
     """Defect: the full validation gave the predictor's logits (on the GPU) to nnU-Net's argmax, which calls
     .numpy(): every GPU training died at its first full validation, and every retry again."""
     trainer_class = {"stage1": trainers.nnUNetTrainerPancreasSeg, "stage2": trainers.nnUNetTrainerPancreasMultiTask}
-    stage1_checkpoint = next((smoke_workflow / "results" / "nnunet" / "trained").rglob(
-        "nnUNetTrainerPancreasSeg__*/fold_0/checkpoint_best_combined.pth"))
+    stage1_checkpoint = next(
+        (smoke_workflow / "results" / "nnunet" / "trained").rglob(
+            "nnUNetTrainerPancreasSeg__*/fold_0/checkpoint_best_combined.pth"
+        )
+    )
     extra = {"stage1_checkpoint": str(stage1_checkpoint)} if stage == "stage2" else {}
-    trainer = _smoke_trainer(smoke_workflow, tmp_path, monkeypatch, trainer_class[stage], stage,
-                             lesion_prior_threshold=0.5, **extra)
+    trainer = _smoke_trainer(
+        smoke_workflow, tmp_path, monkeypatch, trainer_class[stage], stage, lesion_prior_threshold=0.5, **extra
+    )
     trainer.initialize()
     metrics = trainer.run_full_validation()
     assert accelerator_standin.host_copies > 0  # the logits really came through the stand-in
@@ -41,10 +45,20 @@ def test_compile_on_a_cpu_compiles_and_the_final_validation_runs_uncompiled(smok
     compiled network (on an H100 it had not finished one case after 45 s). With the stage's compile on, the network
     is compiled, trains compiled, and nnU-Net's final validation compiles nothing more."""
     monkeypatch.setenv("nnUNet_def_n_proc", "1")
-    stage1_checkpoint = next((smoke_workflow / "results" / "nnunet" / "trained").rglob(
-        "nnUNetTrainerPancreasSeg__*/fold_0/checkpoint_best_combined.pth"))
-    trainer = _smoke_trainer(smoke_workflow, tmp_path, monkeypatch, trainers.nnUNetTrainerPancreasMultiTask,
-                             "stage2", compile=True, stage1_checkpoint=str(stage1_checkpoint))
+    stage1_checkpoint = next(
+        (smoke_workflow / "results" / "nnunet" / "trained").rglob(
+            "nnUNetTrainerPancreasSeg__*/fold_0/checkpoint_best_combined.pth"
+        )
+    )
+    trainer = _smoke_trainer(
+        smoke_workflow,
+        tmp_path,
+        monkeypatch,
+        trainers.nnUNetTrainerPancreasMultiTask,
+        "stage2",
+        compile=True,
+        stage1_checkpoint=str(stage1_checkpoint),
+    )
     trainer.initialize()
     assert isinstance(trainer.network, OptimizedModule)
     trainer.on_train_start()
@@ -60,8 +74,7 @@ def test_compile_on_a_cpu_compiles_and_the_final_validation_runs_uncompiled(smok
 
 
 @pytest.mark.slow
-def test_only_rank_zero_writes_checkpoints_and_a_stale_partial_is_never_renamed(smoke_workflow, tmp_path,
-                                                                                 monkeypatch):
+def test_only_rank_zero_writes_checkpoints_and_a_stale_partial_is_never_renamed(smoke_workflow, tmp_path, monkeypatch):
     """Defect: save_checkpoint took 'not rank 0' from a missing .partial file, so another rank renamed rank 0's
     half-written file into place, or a stale one a kill had left."""
     trainer = _smoke_trainer(smoke_workflow, tmp_path, monkeypatch, trainers.nnUNetTrainerPancreasSeg, "stage1")
@@ -86,8 +99,9 @@ def test_a_resumed_adamw_keeps_its_step_counts_on_the_host(smoke_workflow, tmp_p
     per step of a resumed GPU training."""
     from tests.accelerator import OnAccelerator, load_checkpoints_onto_accelerator
 
-    trainer = _smoke_trainer(smoke_workflow, tmp_path, monkeypatch, trainers.nnUNetTrainerPancreasSeg, "stage1",
-                             optimizer="adamw")
+    trainer = _smoke_trainer(
+        smoke_workflow, tmp_path, monkeypatch, trainers.nnUNetTrainerPancreasSeg, "stage1", optimizer="adamw"
+    )
     trainer.initialize()
     for param in trainer.network.parameters():
         param.grad = torch.zeros_like(param)
@@ -96,8 +110,9 @@ def test_a_resumed_adamw_keeps_its_step_counts_on_the_host(smoke_workflow, tmp_p
     trainer.save_checkpoint(str(latest))
 
     load_checkpoints_onto_accelerator(monkeypatch)
-    resumed = _smoke_trainer(smoke_workflow, tmp_path, monkeypatch, trainers.nnUNetTrainerPancreasSeg, "stage1",
-                             optimizer="adamw")
+    resumed = _smoke_trainer(
+        smoke_workflow, tmp_path, monkeypatch, trainers.nnUNetTrainerPancreasSeg, "stage1", optimizer="adamw"
+    )
     resumed.load_checkpoint(str(latest))
     exp_avg = [state["exp_avg"] for state in resumed.optimizer.state.values()]
     assert all(isinstance(moment, OnAccelerator) for moment in exp_avg)  # the checkpoint did land on the device
@@ -108,15 +123,19 @@ def test_a_resumed_adamw_keeps_its_step_counts_on_the_host(smoke_workflow, tmp_p
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["stage1", "stage2"])
-def test_training_steps_count_lesion_voxels_on_the_device(smoke_workflow, tmp_path, monkeypatch, accelerator_standin,
-                                                          stage):
+def test_training_steps_count_lesion_voxels_on_the_device(
+    smoke_workflow, tmp_path, monkeypatch, accelerator_standin, stage
+):
     """Defect: stage 1 counted each patch's lesion voxels on the host, single-threaded, before the batch went to the
     GPU, at every step, while the GPU waited (stage 2 counted on the device)."""
     from tests.accelerator import on_host
 
     trainer_class = {"stage1": trainers.nnUNetTrainerPancreasSeg, "stage2": trainers.nnUNetTrainerPancreasMultiTask}
-    stage1_checkpoint = next((smoke_workflow / "results" / "nnunet" / "trained").rglob(
-        "nnUNetTrainerPancreasSeg__*/fold_0/checkpoint_best_combined.pth"))
+    stage1_checkpoint = next(
+        (smoke_workflow / "results" / "nnunet" / "trained").rglob(
+            "nnUNetTrainerPancreasSeg__*/fold_0/checkpoint_best_combined.pth"
+        )
+    )
     extra = {"stage1_checkpoint": str(stage1_checkpoint)} if stage == "stage2" else {}
     trainer = _smoke_trainer(smoke_workflow, tmp_path, monkeypatch, trainer_class[stage], stage, **extra)
     trainer.initialize()
@@ -129,15 +148,17 @@ def test_training_steps_count_lesion_voxels_on_the_device(smoke_workflow, tmp_pa
 
 
 @pytest.mark.slow
-def test_full_validation_falls_back_to_the_cpu_when_the_device_runs_out_of_memory(smoke_workflow, tmp_path,
-                                                                                   monkeypatch, accelerator_standin):
+def test_full_validation_falls_back_to_the_cpu_when_the_device_runs_out_of_memory(
+    smoke_workflow, tmp_path, monkeypatch, accelerator_standin
+):
     """Defect: the full validation's softmax and argmax ran on the device outside any out-of-memory fallback, inside
     the training process: one large volume ended the training (under DDP, every rank's). Here the device runs out of
     memory for every argmax on it."""
     from tests.accelerator import OnAccelerator
 
-    trainer = _smoke_trainer(smoke_workflow, tmp_path, monkeypatch, trainers.nnUNetTrainerPancreasSeg, "stage1",
-                             lesion_prior_threshold=0.5)
+    trainer = _smoke_trainer(
+        smoke_workflow, tmp_path, monkeypatch, trainers.nnUNetTrainerPancreasSeg, "stage1", lesion_prior_threshold=0.5
+    )
     trainer.initialize()
     expected = trainer.run_full_validation()
     argmax = trainers.segmentation_on_device
@@ -166,11 +187,14 @@ def test_augmentation_workers_are_shared_over_the_gpus():
     assert augmentation_workers_per_gpu(3, 8, 4) == 3
 
 
-@pytest.mark.parametrize("num_gpus, train_gpus, message", [
-    (2, 1, "training.num_gpus is 2 but resources.train_gpus is 1"),
-    (2, 0, "training.num_gpus is 2 but resources.train_gpus is 0"),
-    (1, 4, "resources.train_gpus is 4 but training.num_gpus is 1"),
-])
+@pytest.mark.parametrize(
+    "num_gpus, train_gpus, message",
+    [
+        (2, 1, "training.num_gpus is 2 but resources.train_gpus is 1"),
+        (2, 0, "training.num_gpus is 2 but resources.train_gpus is 0"),
+        (1, 4, "resources.train_gpus is 4 but training.num_gpus is 1"),
+    ],
+)
 def test_gpus_declared_and_trained_on_must_agree(num_gpus, train_gpus, message):
     config = {"training": {"num_gpus": num_gpus}, "resources": {"train_gpus": train_gpus}}
     with pytest.raises(UserInputError) as error:

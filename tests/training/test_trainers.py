@@ -1,6 +1,5 @@
 """Trainer pieces without a training run, and the trainers on a real preprocessed smoke dataset."""
 
-
 import math
 
 import numpy as np
@@ -148,13 +147,17 @@ def test_stage2_trainer_lands_stage1_weights_exactly(smoke_workflow, tmp_path, m
 
     root = smoke_workflow / "results" / "nnunet"
     dataset = "Dataset501_PancreasQuiz"
-    stage1_folder = root / "trained" / dataset / "nnUNetTrainerPancreasSeg__nnUNetResEncUNetMPlans__3d_cpu_demo" / "fold_0"
+    stage1_folder = (
+        root / "trained" / dataset / "nnUNetTrainerPancreasSeg__nnUNetResEncUNetMPlans__3d_cpu_demo" / "fold_0"
+    )
     stage1_file = stage1_folder / "checkpoint_best_combined.pth"
     monkeypatch.setenv("nnUNet_raw", str(root / "raw"))
     monkeypatch.setenv("nnUNet_preprocessed", str(root / "preprocessed"))
     monkeypatch.setenv("nnUNet_results", str(tmp_path / "trained"))  # the trainer's own folder: not the smoke run's
     settings = stage_settings(
-        schema_default_training(), "stage2", stage1_checkpoint=str(stage1_file),
+        schema_default_training(),
+        "stage2",
+        stage1_checkpoint=str(stage1_file),
         case_table=str(smoke_workflow / "results" / "dataset" / dataset / "case_table.csv"),
     )
     monkeypatch.setenv(SETTINGS_ENV, str(settings.write(tmp_path / "settings.json")))
@@ -186,10 +189,14 @@ def _smoke_trainer(smoke_workflow, tmp_path, monkeypatch, trainer_class, stage: 
     monkeypatch.setenv("nnUNet_preprocessed", str(root / "preprocessed"))
     monkeypatch.setenv("nnUNet_results", str(tmp_path / "trained"))
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")  # the loader runs in this process
-    settings = replace(stage_settings(
-        schema_default_training(), stage,
-        case_table=str(smoke_workflow / "results" / "dataset" / dataset / "case_table.csv"),
-    ), **overrides)
+    settings = replace(
+        stage_settings(
+            schema_default_training(),
+            stage,
+            case_table=str(smoke_workflow / "results" / "dataset" / dataset / "case_table.csv"),
+        ),
+        **overrides,
+    )
     monkeypatch.setenv(SETTINGS_ENV, str(settings.write(tmp_path / f"settings_{len(list(tmp_path.iterdir()))}.json")))
     plans = load_json(str(root / "preprocessed" / dataset / "nnUNetResEncUNetMPlans.json"))
     plans["continue_training"] = False
@@ -200,8 +207,14 @@ def _smoke_trainer(smoke_workflow, tmp_path, monkeypatch, trainer_class, stage: 
 @pytest.mark.slow
 def test_foreground_oversampling_means_its_probability_at_batch_size_two(smoke_workflow, tmp_path, monkeypatch):
     """Defect: nnU-Net forces the last round(batch * (1 - p)) samples, so at batch 2 p = 0.33 forced one of two."""
-    trainer = _smoke_trainer(smoke_workflow, tmp_path, monkeypatch, trainers.nnUNetTrainerPancreasSeg, "stage1",
-                             oversample_foreground_percent=0.33)
+    trainer = _smoke_trainer(
+        smoke_workflow,
+        tmp_path,
+        monkeypatch,
+        trainers.nnUNetTrainerPancreasSeg,
+        "stage1",
+        oversample_foreground_percent=0.33,
+    )
     trainer.initialize()
     assert trainer.batch_size == 2
     train_loader, _ = trainer.get_dataloaders()
@@ -229,12 +242,19 @@ def test_lesion_centred_sampling_puts_the_lesion_in_the_forced_patches(smoke_wor
     assert isinstance(dataset_tr, LesionCentredSampling)
 
     def lesion_share(share: float) -> float:
-        loader = nnUNetDataLoader(LesionCentredSampling(dataset_tr.dataset, share), 2, (4, 8, 8), (4, 8, 8),
-                                  trainer.label_manager, oversample_foreground_percent=1.0,
-                                  probabilistic_oversampling=True)
+        loader = nnUNetDataLoader(
+            LesionCentredSampling(dataset_tr.dataset, share),
+            2,
+            (4, 8, 8),
+            (4, 8, 8),
+            trainer.label_manager,
+            oversample_foreground_percent=1.0,
+            probabilistic_oversampling=True,
+        )
         np.random.seed(1)
-        voxels = torch.cat([lesion_voxels_per_sample(next(loader)["target"], trainer.label_manager)
-                            for _ in range(150)])
+        voxels = torch.cat(
+            [lesion_voxels_per_sample(next(loader)["target"], trainer.label_manager) for _ in range(150)]
+        )
         return (voxels > 0).float().mean().item()
 
     assert lesion_share(1.0) == 1.0
@@ -244,8 +264,15 @@ def test_lesion_centred_sampling_puts_the_lesion_in_the_forced_patches(smoke_wor
 @pytest.mark.slow
 def test_the_training_seed_fixes_the_initial_weights(smoke_workflow, tmp_path, monkeypatch):
     def initial_weights(seed: int) -> dict:
-        trainer = _smoke_trainer(smoke_workflow, tmp_path, monkeypatch, trainers.nnUNetTrainerPancreasSeg,
-                                 "stage1", seed=seed, sampling_seed=seed)
+        trainer = _smoke_trainer(
+            smoke_workflow,
+            tmp_path,
+            monkeypatch,
+            trainers.nnUNetTrainerPancreasSeg,
+            "stage1",
+            seed=seed,
+            sampling_seed=seed,
+        )
         trainer.initialize()
         return {k: v.clone() for k, v in trainer.plain_network().state_dict().items()}
 

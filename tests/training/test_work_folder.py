@@ -30,10 +30,12 @@ def inputs(tmp_path):
 
 
 def identity(inputs, **changes):
-    settings = replace(stage_settings(schema_default_training(), "stage1", case_table=str(inputs["case_table"])),
-                       **changes)
-    return work_folder.training_identity(settings, trainer="T", plans_name="P", configuration="C", fold=0,
-                                         inputs={"plans": inputs["plans"]})
+    settings = replace(
+        stage_settings(schema_default_training(), "stage1", case_table=str(inputs["case_table"])), **changes
+    )
+    return work_folder.training_identity(
+        settings, trainer="T", plans_name="P", configuration="C", fold=0, inputs={"plans": inputs["plans"]}
+    )
 
 
 def test_identity_ignores_run_only_settings_and_paths_but_not_contents(inputs, tmp_path):
@@ -99,8 +101,7 @@ def test_each_attempt_keeps_its_log_and_the_rule_log_gets_the_earlier_ones(tmp_p
             logging.getLogger("pancreas_mtl").warning("line of attempt %d", number)
             root.handlers[-1].flush()
     finally:
-        for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)
-                        and str(fold) in h.baseFilename]:
+        for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler) and str(fold) in h.baseFilename]:
             root.removeHandler(handler)
             handler.close()
     assert "line of attempt 1" in (fold / "attempts" / "attempt_01.log").read_text()

@@ -35,14 +35,34 @@ TABLE_MARKER = "<!-- rerun table:"
 # 2 test cases; the synthetic data is only its quiz folder's content.
 RUN_CONFIG = {
     "data": {"source": "folder", "quiz_dir": "quiz"},
-    "nnunet": {"cpu_configuration": {"name": "3d_cpu_demo", "feature_divisor": 8, "max_blocks_per_stage": 1,
-                                     "batch_size": 2, "patch_size": None}},
+    "nnunet": {
+        "cpu_configuration": {
+            "name": "3d_cpu_demo",
+            "feature_divisor": 8,
+            "max_blocks_per_stage": 1,
+            "batch_size": 2,
+            "patch_size": None,
+        }
+    },
     "training": {
-        "device": "cpu", "split": "official", "folds": [0],
-        "stage1": {"num_epochs": 1, "iterations_per_epoch": 2, "val_iterations_per_epoch": 1,
-                   "full_validation_every": 1, "checkpoint_every": 1},
-        "stage2": {"num_epochs": 1, "iterations_per_epoch": 2, "val_iterations_per_epoch": 1,
-                   "full_validation_every": 1, "checkpoint_every": 1, "classification_warmup_epochs": 0},
+        "device": "cpu",
+        "split": "official",
+        "folds": [0],
+        "stage1": {
+            "num_epochs": 1,
+            "iterations_per_epoch": 2,
+            "val_iterations_per_epoch": 1,
+            "full_validation_every": 1,
+            "checkpoint_every": 1,
+        },
+        "stage2": {
+            "num_epochs": 1,
+            "iterations_per_epoch": 2,
+            "val_iterations_per_epoch": 1,
+            "full_validation_every": 1,
+            "checkpoint_every": 1,
+            "classification_warmup_epochs": 0,
+        },
     },
     "benchmark": {"max_cases": 1, "repeats": 1},
     "wandb": {"enabled": False},
@@ -61,11 +81,13 @@ def merged(base: dict, change: dict) -> dict:
 def finished_run(tmp_path_factory) -> Path:
     """The whole workflow run once on a quiz folder; the tests only dry-run on it and put back what they change."""
     workdir = copy_workflow(tmp_path_factory.mktemp("reruns") / "workflow")
-    make_synthetic_quiz(workdir / "quiz", seed=11, counts={"train": [2, 2, 2], "validation": [1, 1, 1], "test": 2},
-                        n_workers=2)
+    make_synthetic_quiz(
+        workdir / "quiz", seed=11, counts={"train": [2, 2, 2], "validation": [1, 1, 1], "test": 2}, n_workers=2
+    )
     (workdir / "run.yaml").write_text(yaml.safe_dump(RUN_CONFIG))
-    result = run_snakemake(workdir, "--cores", "2", "--configfile", "run.yaml", *OMITTED, "--show-failed-logs",
-                           timeout=900)
+    result = run_snakemake(
+        workdir, "--cores", "2", "--configfile", "run.yaml", *OMITTED, "--show-failed-logs", timeout=900
+    )
     if result.returncode != 0:
         pytest.fail(f"the finished run failed:\n{snakemake_output(result)[-6000:]}")
     assert planned_jobs(workdir) == {}, "the finished run is not up to date"
@@ -123,9 +145,11 @@ def readme_rerun_table() -> dict[str, set[str]]:
 
 def with_config(change: dict):
     """A row's change made in the config (``planned_jobs`` writes it); nothing to put back."""
+
     @contextmanager
     def made(workdir):
         yield change
+
     return made
 
 
@@ -139,6 +163,7 @@ def added_test_image():
             yield None
         finally:
             added.unlink()
+
     return made
 
 
@@ -152,6 +177,7 @@ def removed_test_image():
             yield None
         finally:
             parked.rename(image)
+
     return made
 
 
@@ -160,6 +186,7 @@ def edited_labelled_case(split: str):
     def made(workdir):
         with edited_mask(sorted((workdir / "quiz" / split).glob("subtype1/quiz_1_???.nii.gz"))[0]):
             yield None
+
     return made
 
 
@@ -168,31 +195,50 @@ ROW_CHANGES = {
     "a test image (added, removed or replaced)": [added_test_image(), removed_test_image()],
     "a training case": [edited_labelled_case("train")],
     "a validation case (it sits in nnU-Net's `imagesTr`, so in its dataset fingerprint and plans)": [
-        edited_labelled_case("validation")],
+        edited_labelled_case("validation")
+    ],
     "`training.split`, `training.k`, `training.split_seed`, `training.selection_fraction` (the splits)": [
-        with_config({"training": {"selection_fraction": 0.3}}), with_config({"training": {"split_seed": 7}})],
+        with_config({"training": {"selection_fraction": 0.3}}),
+        with_config({"training": {"split_seed": 7}}),
+    ],
     "`nnunet.*`": [with_config({"nnunet": {"cpu_configuration": {"feature_divisor": 4}}})],
     "`training.stage1.*`, `training.seed`, `training.sampling_seed`": [
-        with_config({"training": {"stage1": {"initial_lr": 0.002}}}), with_config({"training": {"seed": 1}}),
-        with_config({"training": {"sampling_seed": 5}})],
+        with_config({"training": {"stage1": {"initial_lr": 0.002}}}),
+        with_config({"training": {"seed": 1}}),
+        with_config({"training": {"sampling_seed": 5}}),
+    ],
     "`postprocessing.lesion_presence_prior.*` (the full validation that selects the checkpoints applies the prior)": [
         with_config({"postprocessing": {"lesion_presence_prior": {"relative_threshold": 0.3}}}),
-        with_config({"postprocessing": {"lesion_presence_prior": {"enabled": False}}})],
+        with_config({"postprocessing": {"lesion_presence_prior": {"enabled": False}}}),
+    ],
     "`training.stage2.*`, `training.stage2_init`": [
         with_config({"training": {"stage2": {"initial_lr": 0.001}}}),
-        with_config({"training": {"stage2_init": "final"}})],
+        with_config({"training": {"stage2_init": "final"}}),
+    ],
     "`training.head` (a model folder of its own)": [with_config({"training": {"head": "global_pool"}})],
     "`training.inference_checkpoint`, `inference.*`": [
         with_config({"training": {"inference_checkpoint": "best_f1"}}),
-        with_config({"inference": {"tile_step_size": 0.75}}), with_config({"inference": {"mirror_axes": [0]}})],
+        with_config({"inference": {"tile_step_size": 0.75}}),
+        with_config({"inference": {"mirror_axes": [0]}}),
+    ],
     "`evaluation.*`": [with_config({"evaluation": {"nsd_tolerance_mm": 1.0}})],
     "`benchmark.*`": [with_config({"benchmark": {"repeats": 2, "max_cases": 2}})],
     "`wandb.*`, `resources.*`, `training.device`, `training.data_augmentation_workers` (how a run runs, not what it "
     "makes)": [
         with_config({"wandb": {"enabled": True, "project": "elsewhere"}}),
-        with_config({"resources": {"train_threads": 2, "train_mem_mb": 6000, "predict_threads": 1,
-                                   "train_runtime_min": 90, "preprocess_threads": 1}}),
-        with_config({"training": {"device": "auto", "data_augmentation_workers": 1}})],
+        with_config(
+            {
+                "resources": {
+                    "train_threads": 2,
+                    "train_mem_mb": 6000,
+                    "predict_threads": 1,
+                    "train_runtime_min": 90,
+                    "preprocess_threads": 1,
+                }
+            }
+        ),
+        with_config({"training": {"device": "auto", "data_augmentation_workers": 1}}),
+    ],
     "`synthetic.*` with `data.source: folder`": [with_config({"synthetic": {"seed": 3, "preset": "hard"}})],
 }
 

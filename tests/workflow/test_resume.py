@@ -51,7 +51,10 @@ def stage1_workflow(tmp_path, **stage1) -> tuple[Path, list[str]]:
 def start_snakemake(workdir: Path, log: Path, *args: str) -> subprocess.Popen:
     """Snakemake in a session of its own, as a scheduler's job holds it: a signal can reach all its processes."""
     return subprocess.Popen(
-        [*snakemake_cli(), *args], cwd=workdir, start_new_session=True, stdout=open(log, "w"),
+        [*snakemake_cli(), *args],
+        cwd=workdir,
+        start_new_session=True,
+        stdout=open(log, "w"),
         stderr=subprocess.STDOUT,
     )
 
@@ -79,8 +82,12 @@ def test_sigterm_during_an_epoch_writes_a_checkpoint_and_the_rerun_resumes_in_th
     first = start_snakemake(workdir, first_log, target, *args)
     try:
         # two epochs done, the third under way (nnU-Net logs "Epoch 2" as it starts)
-        wait_for(lambda: any("Epoch 2" in log.read_text() for log in work.glob("training_log_*.txt")),
-                 first, first_log, "the third epoch")
+        wait_for(
+            lambda: any("Epoch 2" in log.read_text() for log in work.glob("training_log_*.txt")),
+            first,
+            first_log,
+            "the third epoch",
+        )
         os.killpg(first.pid, signal.SIGTERM)  # what SLURM does to every process of the job
         assert first.wait(timeout=120) != 0
     finally:
@@ -114,9 +121,11 @@ def test_sigterm_during_an_epoch_writes_a_checkpoint_and_the_rerun_resumes_in_th
     best = workdir / PUBLISHED / "checkpoint_best_combined.pth"
     # selection over the whole history, as without the interruption: the earliest best epoch
     assert saved_epoch(best) == int(np.argmax(scores)) + 1
-    print(f"\nSIGTERM: stopped in epoch {stopped_in}, rerun resumed at epoch {resumed[1]} with best {resumed[2]}; "
-          f"best checkpoint epoch {first_best_epoch} before, {saved_epoch(best)} after; final epoch "
-          f"{final['current_epoch']}")
+    print(
+        f"\nSIGTERM: stopped in epoch {stopped_in}, rerun resumed at epoch {resumed[1]} with best {resumed[2]}; "
+        f"best checkpoint epoch {first_best_epoch} before, {saved_epoch(best)} after; final epoch "
+        f"{final['current_epoch']}"
+    )
     # the first attempt's best is still there, or a later epoch beat it
     if saved_epoch(best) == first_best_epoch:
         assert best.read_bytes() == first_best_bytes
@@ -147,8 +156,9 @@ def test_a_hard_kill_that_tore_the_latest_checkpoint_resumes_from_the_one_before
     second = run_snakemake(workdir, target, *args, "--rerun-incomplete", timeout=900)
     assert second.returncode == 0, snakemake_output(second)[-4000:]
     log = (workdir / "logs" / "train_stage1_fold0.log").read_text()
-    assert re.search(r"checkpoint_latest\.pth cannot be read .*; resuming from \S+checkpoint_latest\.previous\.pth",
-                     log), log[-3000:]
+    assert re.search(
+        r"checkpoint_latest\.pth cannot be read .*; resuming from \S+checkpoint_latest\.previous\.pth", log
+    ), log[-3000:]
     resumed = re.search(r"resumed at epoch (\d+)", log)
     assert resumed and interrupted_at - 1 <= int(resumed[1]) <= interrupted_at, log[-3000:]
     print(f"\nhard kill: latest checkpoint at epoch {interrupted_at} torn, rerun resumed at epoch {resumed[1]}")
@@ -175,7 +185,9 @@ def test_the_final_validation_fails_or_is_killed_without_costing_the_weights_or_
     assert failed.returncode != 0
     out = snakemake_output(failed)
     assert "Error in rule final_validation" in out and "Error in rule train_stage1" not in out, out[-4000:]
-    checkpoints = {name: workdir / PUBLISHED / name for name in ("checkpoint_final.pth", "checkpoint_best_combined.pth")}
+    checkpoints = {
+        name: workdir / PUBLISHED / name for name in ("checkpoint_final.pth", "checkpoint_best_combined.pth")
+    }
     assert saved_epoch(checkpoints["checkpoint_final.pth"]) == EPOCHS
     assert 1 <= saved_epoch(checkpoints["checkpoint_best_combined.pth"]) <= EPOCHS
     weights = {name: path.stat().st_mtime_ns for name, path in checkpoints.items()}
@@ -196,7 +208,9 @@ def test_the_final_validation_fails_or_is_killed_without_costing_the_weights_or_
     assert rerun.returncode == 0, out[-4000:]
     assert "rule final_validation" in out and "rule train_stage1" not in out, out[-4000:]
     assert {name: path.stat().st_mtime_ns for name, path in checkpoints.items()} == weights
-    print(f"\nfinal validation: failed, then killed; the rerun validated only; published checkpoints untouched "
-          f"(final epoch {saved_epoch(checkpoints['checkpoint_final.pth'])}, best epoch "
-          f"{saved_epoch(checkpoints['checkpoint_best_combined.pth'])})")
+    print(
+        f"\nfinal validation: failed, then killed; the rerun validated only; published checkpoints untouched "
+        f"(final epoch {saved_epoch(checkpoints['checkpoint_final.pth'])}, best epoch "
+        f"{saved_epoch(checkpoints['checkpoint_best_combined.pth'])})"
+    )
     assert json.loads((workdir / summary).read_text())["foreground_mean"]["Dice"] >= 0

@@ -89,8 +89,11 @@ def test_readme_cluster_command_asks_for_gpus(tmp_path):
     which sent training to the GPU partition with 0 GPUs. A dry run of the command, through the real profile and
     plugin, on a quiz folder of empty files: every GPU rule asks for one GPU."""
     workdir = copy_workflow(tmp_path / "workflow")
-    for rel in ["train/subtype0/quiz_0_001_0000.nii.gz", "train/subtype0/quiz_0_001.nii.gz",
-                "test/quiz_002_0000.nii.gz"]:
+    for rel in [
+        "train/subtype0/quiz_0_001_0000.nii.gz",
+        "train/subtype0/quiz_0_001.nii.gz",
+        "test/quiz_002_0000.nii.gz",
+    ]:
         (workdir / "data" / rel).parent.mkdir(parents=True, exist_ok=True)
         (workdir / "data" / rel).write_bytes(b"")
     result = run_snakemake(workdir, *readme_cluster_command()[1:], "-n")
@@ -100,7 +103,10 @@ def test_readme_cluster_command_asks_for_gpus(tmp_path):
     gpu_rules = ["train_stage1", "train_stage2", "predict_split", "benchmark_inference"]
     for rule in gpu_rules:
         assert rule in resources, f"{rule} is not planned:\n{out}"
-        assert re.search(r"\bgpu=1\b", resources[rule]) and "slurm_partition=gpu" in resources[rule], (rule, resources[rule])
+        assert re.search(r"\bgpu=1\b", resources[rule]) and "slurm_partition=gpu" in resources[rule], (
+            rule,
+            resources[rule],
+        )
 
 
 # ---- opt-in: a real SLURM cluster on this machine -------------------------------------------------------
@@ -113,7 +119,11 @@ slurm_only = pytest.mark.skipif(
 def _script(name: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["bash", str(REPO / ".ci" / "slurm" / name), str(STATE_DIR)],
-        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        env=env,
     )
 
 
@@ -124,7 +134,7 @@ def test_start_waits_for_daemons_that_are_slow_to_exec(tmp_path):
     assert _script("stop.sh").returncode == 0  # no cluster of an earlier test may answer for this one
     shim = tmp_path / "bin" / "setsid"
     shim.parent.mkdir()
-    shim.write_text(f"#!/bin/bash\nsleep 1.5\nexec {shutil.which('setsid')} \"$@\"\n")
+    shim.write_text(f'#!/bin/bash\nsleep 1.5\nexec {shutil.which("setsid")} "$@"\n')
     shim.chmod(0o755)
     slow_exec = {**os.environ, "PATH": f"{shim.parent}:{os.environ['PATH']}"}
     try:
@@ -162,16 +172,24 @@ def slurm_overrides(profile: dict, **rule_resources: dict) -> list[str]:
             set_resources.append(f"{rule}:{key}={value!r}" if isinstance(value, str) else f"{rule}:{key}={value}")
     return [
         # no slurmdbd: sacct fails, so poll with squeue (the cluster keeps finished jobs 300 s: MinJobAge)
-        "--slurm-status-command", "squeue",
-        "--slurm-init-seconds-before-status-checks", "5",
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "5",
         # keep each job's SLURM log, the evidence that it ran through SLURM
         "--slurm-keep-successful-logs",
         # the test partition, no account (the plugin's guess fails without accounting: submits without)
-        "--default-resources", f"slurm_partition={PARTITION}", "runtime=30", "mem_mb=2000",
+        "--default-resources",
+        f"slurm_partition={PARTITION}",
+        "runtime=30",
+        "mem_mb=2000",
         # no GPUs on this machine
-        "--set-resources", *set_resources,
-        "--jobs", "2",
-        "--latency-wait", "10",
+        "--set-resources",
+        *set_resources,
+        "--jobs",
+        "2",
+        "--latency-wait",
+        "10",
     ]
 
 
@@ -197,15 +215,20 @@ def saved_epoch(checkpoint_file: Path) -> int:
 
 def slurm_job_state(job_id: str) -> str:
     """The controller's record of a job (finished ones stay listed for MinJobAge = 300 s; no sacct here)."""
-    listed = subprocess.run(["squeue", "--states=all", "--noheader", "--format=%T", "--jobs", job_id],
-                            capture_output=True, text=True, timeout=30).stdout.split()
+    listed = subprocess.run(
+        ["squeue", "--states=all", "--noheader", "--format=%T", "--jobs", job_id],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.split()
     return listed[0] if listed else "no longer listed"
 
 
 @slurm_only
 @pytest.mark.slow
-def test_a_preempted_training_and_one_past_its_time_limit_resume_and_keep_their_best(slurm_cluster, tmp_path,
-                                                                                    monkeypatch):
+def test_a_preempted_training_and_one_past_its_time_limit_resume_and_keep_their_best(
+    slurm_cluster, tmp_path, monkeypatch
+):
     """Stage 1 through ``snakemake --profile profiles/slurm`` needs several allocations: the first is preempted
     (``scancel --signal=TERM``), the second stopped by SLURM's early signal before its time limit. Each time the
     trainer checkpoints the epoch it is in and exits; the profile's retries resume it in that epoch, with the best
@@ -225,10 +248,21 @@ def test_a_preempted_training_and_one_past_its_time_limit_resume_and_keep_their_
     head_log = tmp_path / "snakemake.log"
     started = time.monotonic()
     head = subprocess.Popen(
-        [*snakemake_cli(), STAGE1_CHECKPOINT, "--profile", "profiles/slurm",
-         *slurm_overrides(profile, train_stage1={"runtime": TIME_LIMIT_MIN, "slurm_extra": EARLY_SIGTERM}),
-         "--retries", str(RETRIES), "--configfile", "time_limit.yaml"],
-        cwd=workdir, env=env, stdout=open(head_log, "w"), stderr=subprocess.STDOUT,
+        [
+            *snakemake_cli(),
+            STAGE1_CHECKPOINT,
+            "--profile",
+            "profiles/slurm",
+            *slurm_overrides(profile, train_stage1={"runtime": TIME_LIMIT_MIN, "slurm_extra": EARLY_SIGTERM}),
+            "--retries",
+            str(RETRIES),
+            "--configfile",
+            "time_limit.yaml",
+        ],
+        cwd=workdir,
+        env=env,
+        stdout=open(head_log, "w"),
+        stderr=subprocess.STDOUT,
     )
     training_log = workdir / "logs" / "train_stage1_fold0.log"
     try:
@@ -271,7 +305,9 @@ def test_a_preempted_training_and_one_past_its_time_limit_resume_and_keep_their_
     # the rule log holds every attempt: each stopped one names its epoch, the next resumes in that epoch
     log = training_log.read_text()
     # (each stop is logged twice: by the job, and as the error the job ends with)
-    stopped = list({int(a): int(e) for a, e in re.findall(r"attempt (\d+) stopped on SIGTERM in epoch (\d+)", log)}.values())
+    stopped = list(
+        {int(a): int(e) for a, e in re.findall(r"attempt (\d+) stopped on SIGTERM in epoch (\d+)", log)}.values()
+    )
     resumed = [int(e) for e in re.findall(r"attempt \d+ resumes from checkpoint_latest\.pth, at epoch (\d+)", log)]
     print(f"stopped in epochs {stopped}, resumed at {resumed}")
     assert len(stopped) == len(trainings) - 1 and resumed == stopped, log[-4000:]

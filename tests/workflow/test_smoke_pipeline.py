@@ -29,15 +29,26 @@ def fold_folder(workdir, trainer, fold=0, root="trained"):
 
 
 def test_every_rule_wrote_its_log_and_benchmark(smoke_workflow):
-    jobs = ["make_synthetic_quiz", f"convert_quiz_to_nnunet_{DATASET}", f"convert_test_images_{DATASET}",
-            f"plan_and_preprocess_{DATASET}",
-            "model_folder_metadata_nnUNetTrainerPancreasMultiTask__nnUNetResEncUNetMPlans__3d_cpu_demo",
-            "predict_validation",
-            "predict_test", "subtype_results", "submission_zip", "evaluate_validation", "benchmark_inference",
-            "report_plots"]
+    jobs = [
+        "make_synthetic_quiz",
+        f"convert_quiz_to_nnunet_{DATASET}",
+        f"convert_test_images_{DATASET}",
+        f"plan_and_preprocess_{DATASET}",
+        "model_folder_metadata_nnUNetTrainerPancreasMultiTask__nnUNetResEncUNetMPlans__3d_cpu_demo",
+        "predict_validation",
+        "predict_test",
+        "subtype_results",
+        "submission_zip",
+        "evaluate_validation",
+        "benchmark_inference",
+        "report_plots",
+    ]
     jobs += [f"train_{stage}_fold{fold}" for stage in ("stage1", "stage2") for fold in (0, 1)]
-    jobs += [f"final_validation_{trainer}__{PLANS}__3d_cpu_demo_fold{fold}"
-             for trainer in ("nnUNetTrainerPancreasSeg", "nnUNetTrainerPancreasMultiTask") for fold in (0, 1)]
+    jobs += [
+        f"final_validation_{trainer}__{PLANS}__3d_cpu_demo_fold{fold}"
+        for trainer in ("nnUNetTrainerPancreasSeg", "nnUNetTrainerPancreasMultiTask")
+        for fold in (0, 1)
+    ]
     for job in jobs:
         assert (smoke_workflow / "logs" / f"{job}.log").stat().st_size > 0, job
         assert (smoke_workflow / "benchmarks" / f"{job}.tsv").is_file(), job
@@ -124,8 +135,14 @@ def test_metrics_and_benchmark_say_which_folds_were_ensembled(smoke_workflow):
     assert metrics["folds"] == [0, 1] and metrics["checkpoint"] == "checkpoint_best_combined.pth"
     benchmark = json.loads((smoke_workflow / "results" / "benchmark" / "summary.json").read_text())
     assert benchmark["folds"] == [0, 1]
-    for key in ["speedup", "optimized_over_one_pass", "baseline_peak_memory_mb", "optimized_peak_memory_mb",
-                "agreement_whole_dice", "same_subtype_fraction"]:
+    for key in [
+        "speedup",
+        "optimized_over_one_pass",
+        "baseline_peak_memory_mb",
+        "optimized_peak_memory_mb",
+        "agreement_whole_dice",
+        "same_subtype_fraction",
+    ]:
         assert benchmark[key] is not None and benchmark[key] >= 0, key
     per_case = pd.read_csv(smoke_workflow / "results" / "benchmark" / "per_case.csv")
     assert list(dict.fromkeys(per_case["path"])) == list(ROWS) == [row["path"] for row in benchmark["rows"]]
@@ -170,8 +187,9 @@ def test_touching_the_inference_checkpoint_reruns_prediction(smoke_workflow):
     before = checkpoint.stat()
     try:
         os.utime(checkpoint)
-        result = run_snakemake(smoke_workflow, "-n", "--cores", "1", "--configfile", ".test/config_smoke.yaml",
-                               timeout=300)
+        result = run_snakemake(
+            smoke_workflow, "-n", "--cores", "1", "--configfile", ".test/config_smoke.yaml", timeout=300
+        )
     finally:
         os.utime(checkpoint, ns=(before.st_atime_ns, before.st_mtime_ns))
     out = snakemake_output(result)
@@ -181,10 +199,13 @@ def test_touching_the_inference_checkpoint_reruns_prediction(smoke_workflow):
 
 
 def test_training_logged_the_share_of_patches_that_held_the_lesion(smoke_workflow):
-    for trainer, keys in [("nnUNetTrainerPancreasSeg", ["train_lesion_patch_share"]),
-                          ("nnUNetTrainerPancreasMultiTask", ["train_lesion_patch_share", "train_subtype_patch_share"])]:
-        logging = torch.load(fold_folder(smoke_workflow, trainer) / "checkpoint_final.pth", map_location="cpu",
-                             weights_only=False)["logging"]
+    for trainer, keys in [
+        ("nnUNetTrainerPancreasSeg", ["train_lesion_patch_share"]),
+        ("nnUNetTrainerPancreasMultiTask", ["train_lesion_patch_share", "train_subtype_patch_share"]),
+    ]:
+        logging = torch.load(
+            fold_folder(smoke_workflow, trainer) / "checkpoint_final.pth", map_location="cpu", weights_only=False
+        )["logging"]
         for key in keys:
             assert logging[key] and all(0.0 <= share <= 1.0 for share in logging[key]), (trainer, key)
 
@@ -209,7 +230,8 @@ def test_lesion_prior_is_recorded_and_the_metrics_show_it_side_by_side(smoke_wor
     metrics = json.loads((smoke_workflow / "results" / "metrics" / "summary.json").read_text())
     changed = metrics["lesion_prior"]["changed_cases"]
     validation_record = json.loads(
-        (smoke_workflow / "results" / "predictions" / "validation" / "lesion_prior.json").read_text())
+        (smoke_workflow / "results" / "predictions" / "validation" / "lesion_prior.json").read_text()
+    )
     assert changed == sorted(validation_record["changed_cases"])
     effect = pd.read_csv(smoke_workflow / "results" / "metrics" / "lesion_prior_effect.csv")
     lesion_dice = effect[(effect["region"] == "lesion") & (effect["metric"] == "dice")].iloc[0]

@@ -48,20 +48,41 @@ def parse_args(argv=None) -> argparse.Namespace:
         epilog=__doc__.split("\n\n", 2)[2],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
-                        help="one run per seed, in this order (default: 1 2 3)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[1, 2, 3], help="one run per seed, in this order (default: 1 2 3)"
+    )
     parser.add_argument("--cores", default="all", help="snakemake --cores of each run (default: all)")
-    parser.add_argument("--configfile", action="extend", nargs="+", default=[], metavar="FILE",
-                        help="extra Snakemake config files for every run (merged over config/config.yaml)")
-    parser.add_argument("--config", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="config values for every run; dotted keys (training.stage1.num_epochs=5), "
-                             "values read as YAML")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: <repository>/results/benchmark/learning)")
-    parser.add_argument("--snakemake", type=Path, default=None, metavar="PATH",
-                        help="the snakemake executable (default: the one beside this Python, else PATH)")
-    parser.add_argument("--seed-key", default=lb.DEFAULT_SEED_KEY,
-                        help=f"config key the seed is written to (default: {lb.DEFAULT_SEED_KEY})")
+    parser.add_argument(
+        "--configfile",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="extra Snakemake config files for every run (merged over config/config.yaml)",
+    )
+    parser.add_argument(
+        "--config",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config values for every run; dotted keys (training.stage1.num_epochs=5), values read as YAML",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: <repository>/results/benchmark/learning)"
+    )
+    parser.add_argument(
+        "--snakemake",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the snakemake executable (default: the one beside this Python, else PATH)",
+    )
+    parser.add_argument(
+        "--seed-key",
+        default=lb.DEFAULT_SEED_KEY,
+        help=f"config key the seed is written to (default: {lb.DEFAULT_SEED_KEY})",
+    )
     parser.add_argument("--no-reuse", action="store_true", help="run every seed again, ignoring result.json")
     return parser.parse_args(argv)
 
@@ -70,9 +91,11 @@ def _describe(record: dict) -> str:
     lb = _package()
     if record.get("status") != "ok":
         return f"FAILED ({record.get('error')}) after {record['minutes']:.1f} min; log: {record.get('log')}"
-    return (f"whole Dice {lb.fmt_number(record['whole_dice'])}, lesion Dice {lb.fmt_number(record['lesion_dice'])}, "
-            f"macro-F1 {lb.fmt_number(record['macro_f1'])}, {record['minutes']:.1f} min"
-            + (" (reused)" if record.get("reused") else ""))
+    return (
+        f"whole Dice {lb.fmt_number(record['whole_dice'])}, lesion Dice {lb.fmt_number(record['lesion_dice'])}, "
+        f"macro-F1 {lb.fmt_number(record['macro_f1'])}, {record['minutes']:.1f} min"
+        + (" (reused)" if record.get("reused") else "")
+    )
 
 
 def main(argv=None) -> int:
@@ -85,8 +108,12 @@ def main(argv=None) -> int:
     dirty = lb.uncommitted_changes(root)
     if dirty:
         shown = "\n".join(f"    {line}" for line in dirty[:20]) + ("\n    ..." if len(dirty) > 20 else "")
-        print(f"warning: {len(dirty)} uncommitted change(s) in {root} are NOT measured "
-              f"(the runs use the committed tree at {commit[:8]}):\n{shown}", file=sys.stderr, flush=True)
+        print(
+            f"warning: {len(dirty)} uncommitted change(s) in {root} are NOT measured "
+            f"(the runs use the committed tree at {commit[:8]}):\n{shown}",
+            file=sys.stderr,
+            flush=True,
+        )
     snakemake = args.snakemake.resolve() if args.snakemake else lb.default_snakemake()
     if not snakemake.is_file():
         raise lb.UserInputError(f"--snakemake {snakemake}: no such file")
@@ -98,13 +125,23 @@ def main(argv=None) -> int:
     records = []
     for i, seed in enumerate(args.seeds, start=1):
         print(f"run {i}/{len(args.seeds)} (seed {seed}) ...", flush=True)
-        record = lb.run_seed(seed, repo_root=root, out_dir=out, snakemake=snakemake, cores=args.cores,
-                             overrides=overrides, commit=commit, reuse=not args.no_reuse,
-                             echo=lambda line: print(line, flush=True))
+        record = lb.run_seed(
+            seed,
+            repo_root=root,
+            out_dir=out,
+            snakemake=snakemake,
+            cores=args.cores,
+            overrides=overrides,
+            commit=commit,
+            reuse=not args.no_reuse,
+            echo=lambda line: print(line, flush=True),
+        )
         print(f"run {i}/{len(args.seeds)} (seed {seed}): {_describe(record)}", flush=True)
         if record.get("status") != "ok" and record.get("log_tail"):
-            print("  last lines of the log:\n" + "\n".join(f"  | {line}" for line in record["log_tail"].splitlines()),
-                  flush=True)
+            print(
+                "  last lines of the log:\n" + "\n".join(f"  | {line}" for line in record["log_tail"].splitlines()),
+                flush=True,
+            )
         records.append(record)
 
     summary = lb.summarise_runs(records, seeds=args.seeds, commit=commit, config_overrides=overrides)
@@ -114,8 +151,11 @@ def main(argv=None) -> int:
     plots.plot_learning_summary(summary, out / "summary.png", lb.DEFAULT_TARGETS)
     for field in lb.AGGREGATE_FIELDS:
         stats = summary["aggregate"][field]
-        print(f"{field}: mean {lb.fmt_number(stats['mean'])}, min {lb.fmt_number(stats['min'])}, "
-              f"max {lb.fmt_number(stats['max'])} over {stats['n']} run(s)", flush=True)
+        print(
+            f"{field}: mean {lb.fmt_number(stats['mean'])}, min {lb.fmt_number(stats['min'])}, "
+            f"max {lb.fmt_number(stats['max'])} over {stats['n']} run(s)",
+            flush=True,
+        )
     print(f"wrote {out / 'summary.json'} and {out / 'summary.png'}", flush=True)
     if summary["failed_seeds"]:
         print(f"failed seeds: {summary['failed_seeds']} (logs under {out / 'runs'})", file=sys.stderr, flush=True)

@@ -20,8 +20,10 @@ def main():
         smk.input.raw_dataset,
         smk.output.summary,
         nsd_tolerance_mm=smk.params.nsd_tolerance_mm,
-        extra={**smk.params.extra,
-               "checkpoint_selection_cases": read_selection_cases(smk.input.splits, smk.params.folds)},
+        extra={
+            **smk.params.extra,
+            "checkpoint_selection_cases": read_selection_cases(smk.input.splits, smk.params.folds),
+        },
         n_workers=smk.threads,
     )
 

@@ -10,8 +10,9 @@ def main():
     settings = InferenceSettings.from_config(params.inference, snakemake.threads)
     predictor = build_predictor(params.model_folder, params.folds, params.checkpoint, settings)
     try:
-        probabilities = predict_images(predictor, images, snakemake.output.predictions, settings,
-                                       params.lesion_prior_threshold)
+        probabilities = predict_images(
+            predictor, images, snakemake.output.predictions, settings, params.lesion_prior_threshold
+        )
     finally:
         predictor.close()
     write_class_probabilities(snakemake.output.predictions, probabilities)

@@ -88,13 +88,15 @@ class _CaseTimer:
 
 
 def _preprocess(predictor, image: Path) -> torch.Tensor:
-    data, _ = preprocess_case(str(image), predictor.plans_manager, predictor.configuration_manager,
-                               predictor.dataset_json)
+    data, _ = preprocess_case(
+        str(image), predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json
+    )
     return torch.from_numpy(data)
 
 
-def _steps(preprocessing: float = float("nan"), compute: float = float("nan"),
-           export: float = float("nan")) -> dict[str, float]:
+def _steps(
+    preprocessing: float = float("nan"), compute: float = float("nan"), export: float = float("nan")
+) -> dict[str, float]:
     return dict(zip(STEPS, (preprocessing, compute, export)))
 
 
@@ -115,17 +117,28 @@ def _stock_pass(stock, timer: _CaseTimer, images: list[Path], masks_dir: Path, s
     """One ``predict_from_files`` pass of nnU-Net's stock predictor (it starts and stops its own worker pools)."""
     masks_dir.mkdir(parents=True, exist_ok=True)
     stock.predict_from_files(
-        [[str(i)] for i in images], [str(masks_dir / case_id_of_image(i)) for i in images],
-        save_probabilities=False, overwrite=True,
+        [[str(i)] for i in images],
+        [str(masks_dir / case_id_of_image(i)) for i in images],
+        save_probabilities=False,
+        overwrite=True,
         num_processes_preprocessing=settings.preprocessing_workers,
         num_processes_segmentation_export=settings.export_workers,
     )
     # stock preprocessing and export run inside nnU-Net's worker pools: only the compute is timed per case
-    return [_steps(compute=s) for s in timer.seconds[-len(images):]]
+    return [_steps(compute=s) for s in timer.seconds[-len(images) :]]
 
 
-def run_row(row: str, model_folder: Path, folds: list[int], checkpoint_name: str, images: list[Path],
-             out_dir: Path, settings: InferenceSettings, repeats: int, launched_at: float | None = None) -> dict:
+def run_row(
+    row: str,
+    model_folder: Path,
+    folds: list[int],
+    checkpoint_name: str,
+    images: list[Path],
+    out_dir: Path,
+    settings: InferenceSettings,
+    repeats: int,
+    launched_at: float | None = None,
+) -> dict:
     """One benchmark row, in this process. Writes masks (and class probabilities) under out_dir/<row>."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -149,14 +162,19 @@ def run_row(row: str, model_folder: Path, folds: list[int], checkpoint_name: str
             return probabilities, [predictor.case_seconds[c] for c in case_ids]
 
     elif row in ("stock_segmentation", "baseline"):
-        stock = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True, device=device,
-                                verbose=False, allow_tqdm=False)
+        stock = nnUNetPredictor(
+            tile_step_size=0.5, use_gaussian=True, use_mirroring=True, device=device, verbose=False, allow_tqdm=False
+        )
         stock.initialize_from_trained_model_folder(str(model_folder), tuple(folds), checkpoint_name)
         timer = _CaseTimer(stock)
         if row == "baseline":
-            second = build_predictor(model_folder, folds, checkpoint_name,
-                                     replace(settings, tile_step_size=0.5, mirror_axes=(), channels_last=False),
-                                     start_workers=False)
+            second = build_predictor(
+                model_folder,
+                folds,
+                checkpoint_name,
+                replace(settings, tile_step_size=0.5, mirror_axes=(), channels_last=False),
+                start_workers=False,
+            )
 
         def one_pass_over_cases():
             segmentation = _stock_pass(stock, timer, images, masks_dir, settings)
@@ -164,12 +182,19 @@ def run_row(row: str, model_folder: Path, folds: list[int], checkpoint_name: str
                 return None, segmentation
             probabilities, classification = _second_pass_classification(second, images)
             # the second preprocessing is the baseline's own; stock's first one is not timed per case
-            return probabilities, [_steps(c["preprocessing_seconds"], s["compute_seconds"] + c["compute_seconds"])
-                                   for s, c in zip(segmentation, classification)]
+            return probabilities, [
+                _steps(c["preprocessing_seconds"], s["compute_seconds"] + c["compute_seconds"])
+                for s, c in zip(segmentation, classification)
+            ]
 
     elif row in ("one_pass", "end_to_end_bound"):
-        predictor = build_predictor(model_folder, folds, checkpoint_name,
-                                    replace(settings, tile_step_size=1.0, mirror_axes=()), start_workers=False)
+        predictor = build_predictor(
+            model_folder,
+            folds,
+            checkpoint_name,
+            replace(settings, tile_step_size=1.0, mirror_axes=()),
+            start_workers=False,
+        )
         start = time.perf_counter()
         volumes = [_preprocess(predictor, image) for image in images]
         preparation_seconds = time.perf_counter() - start
@@ -191,8 +216,9 @@ def run_row(row: str, model_folder: Path, folds: list[int], checkpoint_name: str
                 compute = time.perf_counter() - start
                 if row == "end_to_end_bound":
                     start = time.perf_counter()
-                    io.write_seg(np.zeros(data.shape[1:], dtype=np.uint8), str(masks_dir / f"{case_id}.nii.gz"),
-                                 properties)
+                    io.write_seg(
+                        np.zeros(data.shape[1:], dtype=np.uint8), str(masks_dir / f"{case_id}.nii.gz"), properties
+                    )
                     written = time.perf_counter() - start
                 steps.append(_steps(read, compute, written))
             return None, steps
@@ -206,16 +232,20 @@ def run_row(row: str, model_folder: Path, folds: list[int], checkpoint_name: str
     probabilities, first_steps = one_pass_over_cases()
     cold = time.time() - launched_at - preparation_seconds
     written = [masks_dir / f"{c}.nii.gz" for c in case_ids]
-    first_case_cold = (min(f.stat().st_mtime for f in written) - launched_at - preparation_seconds
-                       if all(f.is_file() for f in written) else None)
+    first_case_cold = (
+        min(f.stat().st_mtime for f in written) - launched_at - preparation_seconds
+        if all(f.is_file() for f in written)
+        else None
+    )
     totals, per_case = [], []
     for _ in range(repeats):
         start = time.perf_counter()
         probabilities, steps = one_pass_over_cases()
         elapsed = time.perf_counter() - start
         # the bounds are the sum of their timed parts, by definition (no preprocessing)
-        totals.append(float(np.nansum([list(s.values()) for s in steps])) if row in ("one_pass", "end_to_end_bound")
-                      else elapsed)
+        totals.append(
+            float(np.nansum([list(s.values()) for s in steps])) if row in ("one_pass", "end_to_end_bound") else elapsed
+        )
         per_case.append(steps)
     worker_peak_rss_mb = 0.0
     if row in ("optimized", "optimized_stock_settings"):
@@ -229,15 +259,18 @@ def run_row(row: str, model_folder: Path, folds: list[int], checkpoint_name: str
         first_case_cold_seconds=first_case_cold,
         # where the cold time goes: interpreter and imports, loading the model (and the bounds' untimed
         # preparation, left out of their cold time), the first pass (worker pool start-up included)
-        cold_split={"start_and_imports_seconds": started - launched_at,
-                    "model_loading_seconds": ready - started - preparation_seconds,
-                    "first_pass_seconds": cold - (ready - launched_at - preparation_seconds)},
+        cold_split={
+            "start_and_imports_seconds": started - launched_at,
+            "model_loading_seconds": ready - started - preparation_seconds,
+            "first_pass_seconds": cold - (ready - launched_at - preparation_seconds),
+        },
         cold_per_case=first_steps,
         seconds_total=float(np.median(totals)) if totals else cold,
         seconds_total_runs=totals,
         # median over the repeats, per case and step
-        per_case=[{step: float(np.median([run[i][step] for run in per_case])) for step in STEPS}
-                  for i in range(len(case_ids))],
+        per_case=[
+            {step: float(np.median([run[i][step] for run in per_case])) for step in STEPS} for i in range(len(case_ids))
+        ],
         device=str(device),
         **_peak_memory_mb(device, worker_peak_rss_mb),
     )
@@ -257,7 +290,7 @@ def agreement(out_dir: Path, case_ids: list[str]) -> dict:
     dices = _whole_dice(out_dir, "baseline", "optimized", case_ids)
     base = read_class_probabilities(out_dir / "baseline").set_index("case_id")
     opt = read_class_probabilities(out_dir / "optimized").set_index("case_id")
-    same = (base.loc[case_ids, "predicted_subtype"].values == opt.loc[case_ids, "predicted_subtype"].values)
+    same = base.loc[case_ids, "predicted_subtype"].values == opt.loc[case_ids, "predicted_subtype"].values
     return {
         "agreement_whole_dice": float(np.mean(dices)),
         "agreement_whole_dice_min": float(np.min(dices)),
@@ -273,9 +306,18 @@ def _read_through(files: list[Path]) -> None:
                 pass
 
 
-def run_benchmark(model_folder: str | Path, folds: list[int], checkpoint_name: str, images: list[Path],
-                  out_dir: str | Path, settings: InferenceSettings, repeats: int = 2, setting: str = "demo",
-                  with_agreement: bool = True, note: str = "") -> dict:
+def run_benchmark(
+    model_folder: str | Path,
+    folds: list[int],
+    checkpoint_name: str,
+    images: list[Path],
+    out_dir: str | Path,
+    settings: InferenceSettings,
+    repeats: int = 2,
+    setting: str = "demo",
+    with_agreement: bool = True,
+    note: str = "",
+) -> dict:
     """Run the six rows in fresh processes, one after the other; write summary.json and per_case.csv."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -283,28 +325,37 @@ def run_benchmark(model_folder: str | Path, folds: list[int], checkpoint_name: s
     results = {}
     for number, row in enumerate(ROWS, start=1):
         spec = {
-            "path": row, "model_folder": str(model_folder), "folds": list(folds), "checkpoint_name": checkpoint_name,
-            "images": [str(i) for i in images], "out_dir": str(out_dir), "settings": asdict(settings),
+            "path": row,
+            "model_folder": str(model_folder),
+            "folds": list(folds),
+            "checkpoint_name": checkpoint_name,
+            "images": [str(i) for i in images],
+            "out_dir": str(out_dir),
+            "settings": asdict(settings),
             "repeats": repeats,
         }
         spec_file = out_dir / f"{row}_spec.json"
         result_file = out_dir / f"{row}_result.json"
         spec_file.write_text(json.dumps(spec, indent=2))
-        log.info("benchmark row %d (%s) on %d case(s): cold pass, then %d timed repeat(s)", number, row,
-                 len(images), repeats)
-        run_command([sys.executable, "-m", "pancreas_mtl.benchmarks.inference", str(spec_file), str(result_file)],
-                    {**os.environ, LAUNCHED_AT: repr(time.time())}, f"benchmark {row}")
+        log.info(
+            "benchmark row %d (%s) on %d case(s): cold pass, then %d timed repeat(s)", number, row, len(images), repeats
+        )
+        run_command(
+            [sys.executable, "-m", "pancreas_mtl.benchmarks.inference", str(spec_file), str(result_file)],
+            {**os.environ, LAUNCHED_AT: repr(time.time())},
+            f"benchmark {row}",
+        )
         results[row] = json.loads(result_file.read_text())
-        log.info("  %s: cold %.2f s, warm %.2f s", row, results[row]["cold_seconds"],
-                 results[row]["seconds_total"])
+        log.info("  %s: cold %.2f s, warm %.2f s", row, results[row]["cold_seconds"], results[row]["seconds_total"])
 
     # Row 6 is row 5's compute plus its own reading and writing (its process computes too, for its cold pass, but
     # a second measurement of the same compute would let the two bounds disagree by the machine's noise).
     end_to_end, compute_bound = results["end_to_end_bound"], results["one_pass"]
     for steps, bound in zip(end_to_end["per_case"], compute_bound["per_case"]):
         steps["compute_seconds"] = bound["compute_seconds"]
-    end_to_end["seconds_total"] = compute_bound["seconds_total"] + float(np.nansum(
-        [[steps["preprocessing_seconds"], steps["export_seconds"]] for steps in end_to_end["per_case"]]))
+    end_to_end["seconds_total"] = compute_bound["seconds_total"] + float(
+        np.nansum([[steps["preprocessing_seconds"], steps["export_seconds"]] for steps in end_to_end["per_case"]])
+    )
     warm = {row: results[row]["seconds_total"] for row in ROWS}
     summary = {
         "setting": setting,
@@ -315,22 +366,33 @@ def run_benchmark(model_folder: str | Path, folds: list[int], checkpoint_name: s
         "checkpoint": checkpoint_name,
         "repeats": repeats,
         "optimized_settings": asdict(settings),
-        "baseline_settings": {"tile_step_size": 0.5, "use_gaussian": True, "mirror_axes": "all allowed",
-                              "classification": "second sliding-window pass, tile step 0.5, no mirroring"},
+        "baseline_settings": {
+            "tile_step_size": 0.5,
+            "use_gaussian": True,
+            "mirror_axes": "all allowed",
+            "classification": "second sliding-window pass, tile step 0.5, no mirroring",
+        },
         "rows": [
-            {"row": number, "path": row, "what": what, "cold_seconds": results[row]["cold_seconds"],
-             "first_case_cold_seconds": results[row]["first_case_cold_seconds"],
-             **{f"cold_{k}": v for k, v in results[row]["cold_split"].items()},
-             "warm_seconds": results[row]["seconds_total"],
-             **{key: results[row][key] for key in ("peak_rss_mb", "peak_worker_rss_mb", "peak_gpu_mb")
-                if key in results[row]}}
+            {
+                "row": number,
+                "path": row,
+                "what": what,
+                "cold_seconds": results[row]["cold_seconds"],
+                "first_case_cold_seconds": results[row]["first_case_cold_seconds"],
+                **{f"cold_{k}": v for k, v in results[row]["cold_split"].items()},
+                "warm_seconds": results[row]["seconds_total"],
+                **{
+                    key: results[row][key]
+                    for key in ("peak_rss_mb", "peak_worker_rss_mb", "peak_gpu_mb")
+                    if key in results[row]
+                },
+            }
             for number, (row, what) in enumerate(ROWS.items(), start=1)
         ],
         "speedup": warm["baseline"] / warm["optimized"],
         "speedup_over_stock_segmentation": warm["stock_segmentation"] / warm["optimized"],
         "stock_settings_speedup": warm["baseline"] / warm["optimized_stock_settings"],
-        "stock_settings_speedup_over_stock_segmentation":
-            warm["stock_segmentation"] / warm["optimized_stock_settings"],
+        "stock_settings_speedup_over_stock_segmentation": warm["stock_segmentation"] / warm["optimized_stock_settings"],
         "optimized_over_one_pass": warm["optimized"] / warm["one_pass"],
         "optimized_over_end_to_end_bound": warm["optimized"] / warm["end_to_end_bound"],
     }
@@ -343,8 +405,9 @@ def run_benchmark(model_folder: str | Path, folds: list[int], checkpoint_name: s
                 summary[f"{row}_{key}"] = results[row][key]
         summary[f"{row}_peak_memory_mb"] = results[row].get("peak_gpu_mb", results[row]["peak_rss_mb"])
     # the same computation as stock nnU-Net's, so the same masks whatever the weights
-    summary["stock_settings_agreement_whole_dice_min"] = float(np.min(_whole_dice(
-        out_dir, "stock_segmentation", "optimized_stock_settings", summary["cases"])))
+    summary["stock_settings_agreement_whole_dice_min"] = float(
+        np.min(_whole_dice(out_dir, "stock_segmentation", "optimized_stock_settings", summary["cases"]))
+    )
     if with_agreement:
         summary.update(agreement(out_dir, summary["cases"]))
     rows = [
@@ -357,10 +420,21 @@ def run_benchmark(model_folder: str | Path, folds: list[int], checkpoint_name: s
     return summary
 
 
-def benchmark_split(model_folder: str | Path, folds: list[int], checkpoint_name: str, case_table: str | Path,
-                    raw_dataset: str | Path, split: str, max_cases: int | None, out_dir: str | Path,
-                    settings: InferenceSettings, repeats: int, setting: str, with_agreement: bool,
-                    note: str = "") -> dict:
+def benchmark_split(
+    model_folder: str | Path,
+    folds: list[int],
+    checkpoint_name: str,
+    case_table: str | Path,
+    raw_dataset: str | Path,
+    split: str,
+    max_cases: int | None,
+    out_dir: str | Path,
+    settings: InferenceSettings,
+    repeats: int,
+    setting: str,
+    with_agreement: bool,
+    note: str = "",
+) -> dict:
     """:func:`run_benchmark` on the first ``max_cases`` images of a split (all with None). Without a ``note``, the
     checkpoint's own note (the untrained real-scale model carries one) is used."""
     images = split_images(case_table, raw_dataset, split)[:max_cases]
@@ -370,8 +444,18 @@ def benchmark_split(model_folder: str | Path, folds: list[int], checkpoint_name:
         checkpoint = Path(model_folder) / f"fold_{folds[0]}" / checkpoint_name
         # mmap: the note is read without reading the weights
         note = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True).get("note", "")
-    return run_benchmark(model_folder, folds, checkpoint_name, images, out_dir, settings, repeats=repeats,
-                         setting=setting, with_agreement=with_agreement, note=note)
+    return run_benchmark(
+        model_folder,
+        folds,
+        checkpoint_name,
+        images,
+        out_dir,
+        settings,
+        repeats=repeats,
+        setting=setting,
+        with_agreement=with_agreement,
+        note=note,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -383,9 +467,17 @@ def main(argv: list[str] | None = None) -> None:
     spec = json.loads(Path(args.spec).read_text())
     settings = InferenceSettings.from_config(spec["settings"])
     launched_at = os.environ.get(LAUNCHED_AT)
-    result = run_row(spec["path"], Path(spec["model_folder"]), spec["folds"], spec["checkpoint_name"],
-                      [Path(i) for i in spec["images"]], Path(spec["out_dir"]), settings, spec["repeats"],
-                      launched_at=None if launched_at is None else float(launched_at))
+    result = run_row(
+        spec["path"],
+        Path(spec["model_folder"]),
+        spec["folds"],
+        spec["checkpoint_name"],
+        [Path(i) for i in spec["images"]],
+        Path(spec["out_dir"]),
+        settings,
+        spec["repeats"],
+        launched_at=None if launched_at is None else float(launched_at),
+    )
     Path(args.result).write_text(json.dumps(result, indent=2))
 
 

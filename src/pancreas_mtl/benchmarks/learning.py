@@ -84,14 +84,16 @@ def find_repo_root(start: str | Path) -> Path:
     if not start.is_dir():
         start = start.parent
     try:
-        result = subprocess.run(["git", "-C", str(start), "rev-parse", "--show-toplevel"],
-                                check=False, capture_output=True, text=True)
+        result = subprocess.run(
+            ["git", "-C", str(start), "rev-parse", "--show-toplevel"], check=False, capture_output=True, text=True
+        )
     except FileNotFoundError as err:
         raise UserInputError("the learning benchmark needs git, which is not on PATH") from err
     if result.returncode != 0:
         raise UserInputError(
             f"{start} is not inside a git repository: the learning benchmark measures the committed tree "
-            f"(git archive HEAD) ({result.stderr.strip()})")
+            f"(git archive HEAD) ({result.stderr.strip()})"
+        )
     return Path(result.stdout.strip())
 
 
@@ -111,10 +113,10 @@ def export_committed_tree(repo: str | Path, dest: str | Path, ref: str = "HEAD")
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    archive = subprocess.Popen(["git", "-C", str(repo), "archive", "--format=tar", ref],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    untar = subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, capture_output=True,
-                           check=False)
+    archive = subprocess.Popen(
+        ["git", "-C", str(repo), "archive", "--format=tar", ref], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    untar = subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, capture_output=True, check=False)
     archive.stdout.close()
     archive_err = archive.stderr.read().decode(errors="replace")
     archive.stderr.close()
@@ -134,7 +136,7 @@ def _set_dotted(tree: dict, key: str, value, origin: str) -> None:
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise UserInputError(f"{origin}: {'.'.join(parts[:i + 1])} is set to a value and used as a section")
+            raise UserInputError(f"{origin}: {'.'.join(parts[: i + 1])} is set to a value and used as a section")
         node = child
     if isinstance(node.get(parts[-1]), dict):
         raise UserInputError(f"{origin}: {key} is a section set by an earlier item")
@@ -160,8 +162,9 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def config_overrides(config_items: Sequence[str] = (), configfiles: Sequence[str | Path] = (),
-                     seed_key: str = DEFAULT_SEED_KEY) -> dict:
+def config_overrides(
+    config_items: Sequence[str] = (), configfiles: Sequence[str | Path] = (), seed_key: str = DEFAULT_SEED_KEY
+) -> dict:
     """What every run changes in the committed config, besides the seed: the identity a reused run must match.
 
     Config files are named by absolute path and content hash, so an edited file makes the runs stale.
@@ -198,27 +201,41 @@ def finite_number(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def run_record(seed: int, minutes: float | None, metrics: Mapping | None, *, commit: str | None = None,
-               command: Sequence[str] = (), started: str | None = None,
-               config_overrides: Mapping | None = None, cores: str | None = None,
-               hostname: str | None = None, cpu_count: int | None = None, status: str = "ok",
-               log: str | Path | None = None, returncode: int | None = None, error: str | None = None) -> dict:
+def run_record(
+    seed: int,
+    minutes: float | None,
+    metrics: Mapping | None,
+    *,
+    commit: str | None = None,
+    command: Sequence[str] = (),
+    started: str | None = None,
+    config_overrides: Mapping | None = None,
+    cores: str | None = None,
+    hostname: str | None = None,
+    cpu_count: int | None = None,
+    status: str = "ok",
+    log: str | Path | None = None,
+    returncode: int | None = None,
+    error: str | None = None,
+) -> dict:
     """One run's record (``result.json``): headline metrics, the whole metrics summary and where it ran."""
     metrics = dict(metrics or {})
     record = {"seed": int(seed), "status": status, "minutes": minutes}
     for field, key in HEADLINE_METRICS.items():
         record[field] = finite_number(metrics.get(key)) if status == "ok" else None
-    record.update({
-        "metrics": metrics,
-        "commit": commit,
-        "command": shlex.join(str(c) for c in command),
-        "started": started,
-        "hostname": hostname if hostname is not None else socket.gethostname(),
-        "cpu_count": cpu_count if cpu_count is not None else os.cpu_count(),
-        "cores": cores,
-        "config_overrides": dict(config_overrides or {}),
-        "log": str(log) if log is not None else None,
-    })
+    record.update(
+        {
+            "metrics": metrics,
+            "commit": commit,
+            "command": shlex.join(str(c) for c in command),
+            "started": started,
+            "hostname": hostname if hostname is not None else socket.gethostname(),
+            "cpu_count": cpu_count if cpu_count is not None else os.cpu_count(),
+            "cores": cores,
+            "config_overrides": dict(config_overrides or {}),
+            "log": str(log) if log is not None else None,
+        }
+    )
     if status != "ok":
         record["returncode"] = returncode
         record["error"] = error
@@ -248,8 +265,13 @@ def aggregated_metric_keys(records: Sequence[Mapping]) -> list[str]:
     return list(keys)
 
 
-def summarise_runs(records: Sequence[Mapping], *, seeds: Sequence[int] | None = None, commit: str | None = None,
-                   config_overrides: Mapping | None = None) -> dict:
+def summarise_runs(
+    records: Sequence[Mapping],
+    *,
+    seeds: Sequence[int] | None = None,
+    commit: str | None = None,
+    config_overrides: Mapping | None = None,
+) -> dict:
     """The benchmark's ``summary.json``: every run, and mean/min/max/std over the successful ones.
 
     ``aggregate`` holds the headline fields and the minutes; ``aggregate_metrics`` every metric key of
@@ -274,8 +296,9 @@ def summarise_runs(records: Sequence[Mapping], *, seeds: Sequence[int] | None = 
         "failed_seeds": failed,
         "runs": records,
         "aggregate": {field: _stats(r.get(field) for r in ok) for field in AGGREGATE_FIELDS},
-        "aggregate_metrics": {key: _stats((r.get("metrics") or {}).get(key) for r in ok)
-                              for key in aggregated_metric_keys(ok)},
+        "aggregate_metrics": {
+            key: _stats((r.get("metrics") or {}).get(key) for r in ok) for key in aggregated_metric_keys(ok)
+        },
     }
 
 
@@ -291,9 +314,11 @@ def reusable_result(run_dir: str | Path, seed: int, overrides: Mapping, commit: 
         return None
     if not isinstance(record, dict) or record.get("status", "ok") != "ok":
         return None
-    same = (record.get("seed") == int(seed)
-            and record.get("config_overrides") == json.loads(json.dumps(dict(overrides)))
-            and (commit is None or record.get("commit") == commit))
+    same = (
+        record.get("seed") == int(seed)
+        and record.get("config_overrides") == json.loads(json.dumps(dict(overrides)))
+        and (commit is None or record.get("commit") == commit)
+    )
     return record if same else None
 
 
@@ -317,9 +342,18 @@ def _log_tail(path: Path, n: int = 15) -> str:
     return "\n".join(lines[-n:])
 
 
-def run_seed(seed: int, *, repo_root: str | Path, out_dir: str | Path, snakemake: str | Path, cores: str = "all",
-             overrides: Mapping, commit: str, reuse: bool = True,
-             echo: Callable[[str], None] = print) -> dict:
+def run_seed(
+    seed: int,
+    *,
+    repo_root: str | Path,
+    out_dir: str | Path,
+    snakemake: str | Path,
+    cores: str = "all",
+    overrides: Mapping,
+    commit: str,
+    reuse: bool = True,
+    echo: Callable[[str], None] = print,
+) -> dict:
     """One benchmark run: reuse its ``result.json`` or run the workflow in a fresh copy of HEAD.
 
     Returns the run's record, with ``reused`` added; a failed run's record has ``status`` ``"failed"``
@@ -342,16 +376,23 @@ def run_seed(seed: int, *, repo_root: str | Path, out_dir: str | Path, snakemake
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str((workdir / "src").resolve()), env.get("PYTHONPATH")) if p)
     log_path = run_dir / LOG_FILE
     started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    common = {"commit": commit, "command": command, "started": started, "config_overrides": overrides,
-              "cores": str(cores), "log": log_path}
+    common = {
+        "commit": commit,
+        "command": command,
+        "started": started,
+        "config_overrides": overrides,
+        "cores": str(cores),
+        "log": log_path,
+    }
 
     start = time.perf_counter()
     with open(log_path, "w") as log:
         log.write(f"# {shlex.join(command)}\n# in {workdir}\n")
         log.flush()
         try:
-            returncode = subprocess.run(command, check=False, cwd=workdir, env=env, stdout=log,
-                                        stderr=subprocess.STDOUT).returncode
+            returncode = subprocess.run(
+                command, check=False, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT
+            ).returncode
         except OSError as err:
             log.write(f"could not start snakemake: {err}\n")
             returncode = None
@@ -360,16 +401,29 @@ def run_seed(seed: int, *, repo_root: str | Path, out_dir: str | Path, snakemake
     metrics_path = workdir / METRICS_FILE
     if returncode != 0:
         error = f"snakemake exited with {returncode}" if returncode is not None else "snakemake did not start"
-        return {**run_record(seed, minutes, None, status="failed", returncode=returncode, error=error, **common),
-                "reused": False, "log_tail": _log_tail(log_path)}
+        return {
+            **run_record(seed, minutes, None, status="failed", returncode=returncode, error=error, **common),
+            "reused": False,
+            "log_tail": _log_tail(log_path),
+        }
     try:
         metrics = json.loads(metrics_path.read_text())
         if not isinstance(metrics, dict):
             raise TypeError("not a JSON object")
     except (OSError, ValueError, TypeError) as err:
-        return {**run_record(seed, minutes, None, status="failed", returncode=returncode,
-                             error=f"no readable {METRICS_FILE} after the run ({err})", **common),
-                "reused": False, "log_tail": _log_tail(log_path)}
+        return {
+            **run_record(
+                seed,
+                minutes,
+                None,
+                status="failed",
+                returncode=returncode,
+                error=f"no readable {METRICS_FILE} after the run ({err})",
+                **common,
+            ),
+            "reused": False,
+            "log_tail": _log_tail(log_path),
+        }
     record = run_record(seed, minutes, metrics, **common)
     write_json(run_dir / RESULT_FILE, record)
     return {**record, "reused": False}

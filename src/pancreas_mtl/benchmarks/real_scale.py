@@ -21,8 +21,14 @@ from pancreas_mtl.nnunet.trainer_names import STAGE2_TRAINERS
 UNTRAINED_NOTE = "untrained weights (seeded random initialisation): timing and memory only, masks are meaningless"
 
 
-def make_untrained_model_folder(plans_file: Path, dataset_json_file: Path, configuration: str, out_folder: Path,
-                                head: str = "roi_attention", seed: int = 0) -> Path:
+def make_untrained_model_folder(
+    plans_file: Path,
+    dataset_json_file: Path,
+    configuration: str,
+    out_folder: Path,
+    head: str = "roi_attention",
+    seed: int = 0,
+) -> Path:
     """An nnU-Net model folder (plans.json, dataset.json, fold_0/checkpoint_final.pth) with random weights."""
     plans = json.loads(Path(plans_file).read_text())
     dataset_json = json.loads(Path(dataset_json_file).read_text())
@@ -30,10 +36,13 @@ def make_untrained_model_folder(plans_file: Path, dataset_json_file: Path, confi
     configuration_manager = plans_manager.get_configuration(configuration)
     torch.manual_seed(seed)
     network = build_multitask_network(
-        plans_manager, configuration_manager,
+        plans_manager,
+        configuration_manager,
         determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
         plans_manager.get_label_manager(dataset_json).num_segmentation_heads,
-        enable_deep_supervision=False, head_variant=head, num_classes=NUM_SUBTYPES,
+        enable_deep_supervision=False,
+        head_variant=head,
+        num_classes=NUM_SUBTYPES,
     )
     out_folder = Path(out_folder)
     (out_folder / "fold_0").mkdir(parents=True, exist_ok=True)

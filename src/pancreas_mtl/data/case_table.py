@@ -31,9 +31,13 @@ def write_case_table(path: str | Path, rows: list[dict[str, str]]) -> Path:
 def read_case_table(path: str | Path) -> pd.DataFrame:
     """The table, checked; ``subtype`` as nullable Int64 (empty for test cases)."""
     return read_checked_csv(
-        path, "case table", "a case table", CASE_TABLE_COLUMNS,
+        path,
+        "case table",
+        "a case table",
+        CASE_TABLE_COLUMNS,
         dtype={"case_id": str, "split": str, "subtype": "Int64", "image": str, "mask": str},
-        keep_default_na=False, na_values={"subtype": [""]},
+        keep_default_na=False,
+        na_values={"subtype": [""]},
     )
 
 

@@ -54,8 +54,7 @@ def read_class_probabilities(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if path.is_dir():
         path = class_probabilities_path(path)
-    df = read_checked_csv(path, "class probabilities file", "CSV", CLASS_PROBABILITIES_COLUMNS,
-                          dtype={"case_id": str})
+    df = read_checked_csv(path, "class probabilities file", "CSV", CLASS_PROBABILITIES_COLUMNS, dtype={"case_id": str})
     problems = []
     dup = sorted(df.loc[df["case_id"].duplicated(), "case_id"].unique().tolist())
     if dup:
@@ -72,11 +71,16 @@ def read_class_probabilities(path: str | Path) -> pd.DataFrame:
         stated = pd.to_numeric(df["predicted_subtype"], errors="coerce").to_numpy(dtype=float)
         for i in range(len(df)):
             s = stated[i]
-            ok = np.isfinite(s) and s in SUBTYPES and (
-                int(s) == argmax[i] or probs[i, int(s)] >= probs[i].max() - TIE_ATOL)
+            ok = (
+                np.isfinite(s)
+                and s in SUBTYPES
+                and (int(s) == argmax[i] or probs[i, int(s)] >= probs[i].max() - TIE_ATOL)
+            )
             if not ok:
-                problems.append(f"{df['case_id'].iloc[i]}: predicted_subtype {df['predicted_subtype'].iloc[i]!r} "
-                                f"is not the argmax ({argmax[i]}) of its probabilities")
+                problems.append(
+                    f"{df['case_id'].iloc[i]}: predicted_subtype {df['predicted_subtype'].iloc[i]!r} "
+                    f"is not the argmax ({argmax[i]}) of its probabilities"
+                )
     if problems:
         raise UserInputError(f"{path}: invalid class probabilities", problems)
     out = df[["case_id"]].copy()

@@ -78,9 +78,9 @@ def dataset_json(cases: list[QuizCase], dataset_name: str = DEFAULT_DATASET_NAME
     return {
         "name": dataset_name,
         "description": "Pancreas quiz: 3D CT, pancreas (1) and lesion (2) segmentation; lesion subtype "
-                       "0/1/2 per case in the case table. Train and validation cases are both in "
-                       "imagesTr; splits_final.json never puts a validation case in a fold. The test images "
-                       "are converted apart from this dataset.",
+        "0/1/2 per case in the case table. Train and validation cases are both in "
+        "imagesTr; splits_final.json never puts a validation case in a fold. The test images "
+        "are converted apart from this dataset.",
         "reference": "Pancreas quiz data (crops of PANORAMA, panorama.grand-challenge.org)",
         "licence": "CC BY-NC 4.0",
         "channel_names": {"0": "CT"},
@@ -90,8 +90,13 @@ def dataset_json(cases: list[QuizCase], dataset_name: str = DEFAULT_DATASET_NAME
     }
 
 
-def make_splits(cases: list[QuizCase], scheme: str = "official", k: int = 5, seed: int | None = None,
-                selection_fraction: float | None = None) -> list[dict[str, list[str]]]:
+def make_splits(
+    cases: list[QuizCase],
+    scheme: str = "official",
+    k: int = 5,
+    seed: int | None = None,
+    selection_fraction: float | None = None,
+) -> list[dict[str, list[str]]]:
     """nnU-Net ``splits_final.json`` content for the labelled cases.
 
     ``"official"``: one fold. With ``selection_fraction`` (the workflow always passes one), a seeded,
@@ -105,10 +110,12 @@ def make_splits(cases: list[QuizCase], scheme: str = "official", k: int = 5, see
     train = sorted((c for c in cases if c.split == "train"), key=lambda c: c.case_id)
     if scheme == "official":
         if selection_fraction is None:
-            return [{
-                "train": [c.case_id for c in train],
-                "val": sorted(c.case_id for c in cases if c.split == "validation"),
-            }]
+            return [
+                {
+                    "train": [c.case_id for c in train],
+                    "val": sorted(c.case_id for c in cases if c.split == "validation"),
+                }
+            ]
         if seed is None:
             raise ValueError("held-out selection cases need a seed (the config's training.split_seed)")
         selected = selection_cases(train, selection_fraction, seed)
@@ -126,10 +133,13 @@ def make_splits(cases: list[QuizCase], scheme: str = "official", k: int = 5, see
             for position, index in enumerate(rng.permutation(len(ids))):
                 fold_of[ids[index]] = (position + offset) % k
             offset += len(ids)
-        return [{
-            "train": sorted(c for c, f in fold_of.items() if f != fold),
-            "val": sorted(c for c, f in fold_of.items() if f == fold),
-        } for fold in range(k)]
+        return [
+            {
+                "train": sorted(c for c, f in fold_of.items() if f != fold),
+                "val": sorted(c for c, f in fold_of.items() if f == fold),
+            }
+            for fold in range(k)
+        ]
     raise UserInputError(f"unknown split scheme {scheme!r}; known schemes: {', '.join(SPLIT_SCHEMES)}")
 
 
@@ -161,15 +171,24 @@ def read_selection_cases(splits_json: str | Path, folds: list[int]) -> dict[str,
 def case_table_rows(cases: list[QuizCase]) -> list[dict[str, str]]:
     """Rows of the case table (:mod:`pancreas_mtl.data.case_table`) of the labelled cases; image/mask paths are
     relative to the raw dataset folder."""
-    return [{"case_id": c.case_id, "split": c.split, "subtype": str(c.subtype),
-             "image": f"imagesTr/{image_file_name(c.case_id)}", "mask": f"labelsTr/{mask_file_name(c.case_id)}"}
-            for c in cases]
+    return [
+        {
+            "case_id": c.case_id,
+            "split": c.split,
+            "subtype": str(c.subtype),
+            "image": f"imagesTr/{image_file_name(c.case_id)}",
+            "mask": f"labelsTr/{mask_file_name(c.case_id)}",
+        }
+        for c in cases
+    ]
 
 
 def test_table_rows(cases: list[QuizCase]) -> list[dict[str, str]]:
     """Rows of the test images' table: the case table's columns, the image relative to the test images' folder."""
-    return [{"case_id": c.case_id, "split": "test", "subtype": "", "image": image_file_name(c.case_id), "mask": ""}
-            for c in cases]
+    return [
+        {"case_id": c.case_id, "split": "test", "subtype": "", "image": image_file_name(c.case_id), "mask": ""}
+        for c in cases
+    ]
 
 
 # Not a pytest test despite the name.
@@ -177,6 +196,7 @@ test_table_rows.__test__ = False  # type: ignore[attr-defined]
 
 
 # -- per case ---------------------------------------------------------------------------------------
+
 
 def _copy_squeezed(src: Path, dst: Path, img) -> None:
     """Copy a (x, y, z, 1...) NIfTI file as (x, y, z): only the header's dim field changes.
@@ -274,12 +294,18 @@ def _log_missing_labels(found: list[_Converted]) -> None:
 
 # -- output handling --------------------------------------------------------------------------------
 
+
 def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _check_outputs(quiz_dir: Path, raw_dir: Path, files: list[Path], ours=lambda name: name in _DATASET_ENTRIES,
-                   what: str = "the raw dataset folder") -> None:
+def _check_outputs(
+    quiz_dir: Path,
+    raw_dir: Path,
+    files: list[Path],
+    ours=lambda name: name in _DATASET_ENTRIES,
+    what: str = "the raw dataset folder",
+) -> None:
     """Refuse outputs that would write into the quiz folder or replace a folder that is not ours (one holding an
     entry whose name ``ours`` does not accept)."""
     problems = []
@@ -299,9 +325,11 @@ def _check_outputs(quiz_dir: Path, raw_dir: Path, files: list[Path], ours=lambda
             outputs = {f.name for f in files if f.resolve().parent == raw}
             foreign = sorted(p.name for p in raw_dir.iterdir() if not ours(p.name) and p.name not in outputs)
             if foreign:
-                problems.append(f"{raw_dir}: exists and holds files that a conversion does not write "
-                                f"({', '.join(foreign[:5])}); not replacing it - remove it or choose another "
-                                "output folder")
+                problems.append(
+                    f"{raw_dir}: exists and holds files that a conversion does not write "
+                    f"({', '.join(foreign[:5])}); not replacing it - remove it or choose another "
+                    "output folder"
+                )
     if len(set(p.resolve() for p in files)) != len(files):
         problems.append(f"{files[0]}: the splits file and the case table must be different files")
     if problems:
@@ -371,11 +399,15 @@ def convert_quiz_to_nnunet(
     quiz_dir, raw_dir = Path(quiz_dir), Path(raw_dataset_dir)
     splits_json, case_table_csv = Path(splits_json), Path(case_table_csv)
     if not DATASET_NAME_RE.match(dataset_name):
-        raise UserInputError(f"dataset name {dataset_name!r} is not an nnU-Net dataset name "
-                             "(DatasetXXX_Name, XXX three digits)")
+        raise UserInputError(
+            f"dataset name {dataset_name!r} is not an nnU-Net dataset name (DatasetXXX_Name, XXX three digits)"
+        )
     if raw_dir.name != dataset_name:
-        log.warning("raw dataset folder %s is not named after the dataset %s; nnU-Net's name-based "
-                    "commands will not find it", raw_dir, dataset_name)
+        log.warning(
+            "raw dataset folder %s is not named after the dataset %s; nnU-Net's name-based commands will not find it",
+            raw_dir,
+            dataset_name,
+        )
 
     if split_scheme not in SPLIT_SCHEMES:
         raise UserInputError(f"unknown split scheme {split_scheme!r}; known schemes: {', '.join(SPLIT_SCHEMES)}")
@@ -396,8 +428,12 @@ def convert_quiz_to_nnunet(
         for i, done in enumerate(map_cases(_convert_case, cases, n_workers, tmp_dir), start=1):
             if done.missing:
                 lacking.append(done)
-                log.warning("%s: labelled mask has %s; converted unchanged, but every real labelled case "
-                            "holds both pancreas and lesion", done.mask, " and ".join(done.missing))
+                log.warning(
+                    "%s: labelled mask has %s; converted unchanged, but every real labelled case "
+                    "holds both pancreas and lesion",
+                    done.mask,
+                    " and ".join(done.missing),
+                )
             if i % step == 0 or i == n:
                 log.info("converted %d/%d case(s) (last: %s)", i, n, done.case_id)
         _log_missing_labels(lacking)
@@ -417,8 +453,12 @@ def convert_quiz_to_nnunet(
             f.unlink(missing_ok=True)
         raise
 
-    summary = {"dataset_name": dataset_name, "raw_dataset_dir": str(raw_dir), **_summary(cases),
-               "seconds": round(time.perf_counter() - t0, 3)}
+    summary = {
+        "dataset_name": dataset_name,
+        "raw_dataset_dir": str(raw_dir),
+        **_summary(cases),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
     log.info("wrote %s: %s", raw_dir, json.dumps(summary))
     return summary
 
@@ -438,8 +478,13 @@ def convert_test_images(
     t0 = time.perf_counter()
     quiz_dir, images_dir, test_table_csv = Path(quiz_dir), Path(images_dir), Path(test_table_csv)
     cases = validate_quiz_folder(quiz_dir, n_workers=n_workers, splits=("test",))
-    _check_outputs(quiz_dir, images_dir, [test_table_csv], ours=lambda name: bool(TEST_IMAGE_RE.match(name)),
-                   what="the test images' folder")
+    _check_outputs(
+        quiz_dir,
+        images_dir,
+        [test_table_csv],
+        ours=lambda name: bool(TEST_IMAGE_RE.match(name)),
+        what="the test images' folder",
+    )
     for parent in {images_dir.parent, test_table_csv.parent}:
         parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{images_dir.name}.partial-", dir=images_dir.parent))
@@ -457,7 +502,10 @@ def convert_test_images(
         if table_tmp is not None:
             table_tmp.unlink(missing_ok=True)
         raise
-    summary = {"images_dir": str(images_dir), "cases": {"test": len(cases)},
-               "seconds": round(time.perf_counter() - t0, 3)}
+    summary = {
+        "images_dir": str(images_dir),
+        "cases": {"test": len(cases)},
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
     log.info("wrote %s: %s", images_dir, json.dumps(summary))
     return summary

@@ -14,8 +14,7 @@ PRIOR_RECORD_FILE = "lesion_prior.json"
 WITHOUT_PRIOR_FOLDER = "without_lesion_prior"
 
 
-def write_prior_record(predictions_dir: str | Path, relative_threshold: float | None,
-                       changes: dict[str, dict]) -> Path:
+def write_prior_record(predictions_dir: str | Path, relative_threshold: float | None, changes: dict[str, dict]) -> Path:
     """``lesion_prior.json``: the threshold (null: prior off) and, per case the prior changed, the voxels it
     added and the peak lesion probability it started from. Written atomically."""
     path = Path(predictions_dir) / PRIOR_RECORD_FILE
@@ -24,7 +23,8 @@ def write_prior_record(predictions_dir: str | Path, relative_threshold: float | 
         "relative_threshold": relative_threshold,
         "changed_cases": {
             case: {"added_voxels": int(c["added_voxels"]), "peak_probability": float(c["peak_probability"])}
-            for case, c in sorted(changes.items()) if c["added_voxels"] > 0
+            for case, c in sorted(changes.items())
+            if c["added_voxels"] > 0
         },
     }
     tmp = path.with_name(path.name + ".tmp")

@@ -155,13 +155,16 @@ class _Discovery:
         if self.allow_partial and not split_dir.is_dir():
             return
         if not split_dir.is_dir():
-            self.problem(split_dir, f"the {split}/ folder is missing (expected {split}/subtype0/, "
-                                    f"{split}/subtype1/ and {split}/subtype2/)")
+            self.problem(
+                split_dir,
+                f"the {split}/ folder is missing (expected {split}/subtype0/, {split}/subtype1/ and {split}/subtype2/)",
+            )
             return
         subtype_dirs = {s: split_dir / f"subtype{s}" for s in SUBTYPES}
         if not any(d.is_dir() for d in subtype_dirs.values()):
-            self.problem(split_dir, f"no cases: the {split}/ folder has none of the subtype0/, "
-                                    "subtype1/, subtype2/ folders")
+            self.problem(
+                split_dir, f"no cases: the {split}/ folder has none of the subtype0/, subtype1/, subtype2/ folders"
+            )
             return
         n_before = len(self.cases)
         for subtype, folder in subtype_dirs.items():
@@ -196,8 +199,11 @@ class _Discovery:
             m = m_img or m_mask
             if m is None:
                 if TEST_IMAGE_RE.match(name):
-                    self.problem(path, f"test-style name (quiz_NNN_0000.nii.gz) in {split}/subtype{subtype}/; "
-                                       f"expected {expected}; test images belong in test/")
+                    self.problem(
+                        path,
+                        f"test-style name (quiz_NNN_0000.nii.gz) in {split}/subtype{subtype}/; "
+                        f"expected {expected}; test images belong in test/",
+                    )
                 elif name.lower().endswith(".nii"):
                     self.problem(path, f"uncompressed .nii files are not supported; expected {expected}")
                 else:
@@ -207,8 +213,11 @@ class _Discovery:
             case_id = labelled_case_id(name_subtype, m["number"])
             self.note_number(path, m["number"], case_id, is_image=bool(m_img))
             if name_subtype != subtype:
-                self.problem(path, f"the name says subtype {name_subtype} (quiz_{name_subtype}_...) but the file "
-                                   f"is in the subtype{subtype}/ folder")
+                self.problem(
+                    path,
+                    f"the name says subtype {name_subtype} (quiz_{name_subtype}_...) but the file "
+                    f"is in the subtype{subtype}/ folder",
+                )
                 continue
             (images if m_img else masks)[case_id] = path
         for case_id in sorted(set(images) | set(masks)):
@@ -244,10 +253,17 @@ class _Discovery:
                 continue
             m_lab = LABELLED_IMAGE_RE.match(name) or LABELLED_MASK_RE.match(name)
             if m_lab:
-                self.note_number(path, m_lab["number"], labelled_case_id(m_lab["subtype"], m_lab["number"]),
-                                 is_image=name.endswith("_0000.nii.gz"))
-                self.problem(path, "train/validation-style name (quiz_S_NNN...) in test/; test images are named "
-                                   "quiz_NNN_0000.nii.gz and labelled cases belong in train/ or validation/")
+                self.note_number(
+                    path,
+                    m_lab["number"],
+                    labelled_case_id(m_lab["subtype"], m_lab["number"]),
+                    is_image=name.endswith("_0000.nii.gz"),
+                )
+                self.problem(
+                    path,
+                    "train/validation-style name (quiz_S_NNN...) in test/; test images are named "
+                    "quiz_NNN_0000.nii.gz and labelled cases belong in train/ or validation/",
+                )
             elif TEST_MASK_RE.match(name):
                 self.problem(path, "test/ holds images only (quiz_NNN_0000.nii.gz); this looks like a mask")
             elif name.lower().endswith(".nii"):
@@ -260,14 +276,20 @@ class _Discovery:
         """NIfTI files anywhere outside the expected folders are reported (stray non-NIfTI files are not)."""
         for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
             here = Path(dirpath)
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _IGNORED_DIRS
-                                 and here / d not in self.skipped_trees)
+            dirnames[:] = sorted(
+                d
+                for d in dirnames
+                if not d.startswith(".") and d not in _IGNORED_DIRS and here / d not in self.skipped_trees
+            )
             if here in self.scanned_dirs:
                 continue
             for name in sorted(filenames):
                 if is_nifti_name(name):
-                    self.problem(here / name, "NIfTI file outside the expected layout (train/subtypeS/, "
-                                              "validation/subtypeS/ with S in 0-2, or test/)")
+                    self.problem(
+                        here / name,
+                        "NIfTI file outside the expected layout (train/subtypeS/, "
+                        "validation/subtypeS/ with S in 0-2, or test/)",
+                    )
 
     def check_duplicates(self) -> None:
         for namespace, number in sorted(self.numbers):
@@ -275,12 +297,15 @@ class _Discovery:
             if len(owners) > 1:
                 files = ", ".join(owners[k] for k in sorted(owners))
                 where = "among the test images" if namespace == "test" else "across splits and subtypes"
-                self.problems.append(f"{files}: case number {number} is used by {len(owners)} different cases "
-                                     f"(case numbers must be unique {where})")
+                self.problems.append(
+                    f"{files}: case number {number} is used by {len(owners)} different cases "
+                    f"(case numbers must be unique {where})"
+                )
 
 
-def discover_quiz_cases(quiz_dir: str | Path, allow_partial: bool = False,
-                        splits: tuple[str, ...] = SPLITS) -> tuple[list[QuizCase], list[str]]:
+def discover_quiz_cases(
+    quiz_dir: str | Path, allow_partial: bool = False, splits: tuple[str, ...] = SPLITS
+) -> tuple[list[QuizCase], list[str]]:
     """Find the cases of a quiz folder by name and folder only (no file is opened).
 
     Returns ``(cases, problems)``: the well-formed image/mask pairs (and test images), sorted by

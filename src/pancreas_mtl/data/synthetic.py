@@ -193,8 +193,7 @@ def make_synthetic_quiz(
     tasks = _plan_cases(seed, counts, fov, preset)
     n_workers = max(1, min(n_workers, len(tasks)))
     log.info(
-        "writing %d synthetic cases (train %s, validation %s, test %d; seed %d, preset %s) to %s "
-        "with %d worker(s)",
+        "writing %d synthetic cases (train %s, validation %s, test %d; seed %d, preset %s) to %s with %d worker(s)",
         len(tasks),
         list(counts["train"]),
         list(counts["validation"]),
@@ -279,16 +278,10 @@ def resolve_subtype(case_id: str, subtype: int | None, seed: int) -> int:
         rng = np.random.default_rng(np.random.SeedSequence([_check_seed(seed), _case_key(case_id), 1]))
         weights = np.asarray(SUBTYPE_WEIGHTS, dtype=float)
         return int(rng.choice(len(SUBTYPES), p=weights / weights.sum()))
-    if (
-        isinstance(subtype, bool)
-        or not isinstance(subtype, (int, np.integer))
-        or int(subtype) not in SUBTYPES
-    ):
+    if isinstance(subtype, bool) or not isinstance(subtype, (int, np.integer)) or int(subtype) not in SUBTYPES:
         raise SyntheticQuizError(f"subtype of {case_id} must be 0, 1, 2 or None, got {subtype!r}")
     if m.group("subtype") is not None and int(m.group("subtype")) != int(subtype):
-        raise SyntheticQuizError(
-            f"case id {case_id} names subtype {m.group('subtype')} but subtype={subtype}"
-        )
+        raise SyntheticQuizError(f"case id {case_id} names subtype {m.group('subtype')} but subtype={subtype}")
     return int(subtype)
 
 
@@ -297,9 +290,7 @@ def normalize_counts(counts: dict | None) -> dict:
     if counts is None:
         counts = DEFAULT_COUNTS
     if not isinstance(counts, dict):
-        raise SyntheticQuizError(
-            f"counts must be a mapping with keys train, validation, test; got {counts!r}"
-        )
+        raise SyntheticQuizError(f"counts must be a mapping with keys train, validation, test; got {counts!r}")
     problems = []
     expected = {"train", "validation", "test"}
     for key in sorted(set(counts) - expected):
@@ -317,9 +308,7 @@ def normalize_counts(counts: dict | None) -> dict:
             or len(value) != len(SUBTYPES)
             or not all(_is_count(v) for v in value)
         ):
-            problems.append(
-                f"{split} must be three non-negative integers (cases of subtype 0, 1, 2), got {value!r}"
-            )
+            problems.append(f"{split} must be three non-negative integers (cases of subtype 0, 1, 2), got {value!r}")
             continue
         result[split] = tuple(int(v) for v in value)
     if "test" in counts:
@@ -361,9 +350,7 @@ def _plan_cases(seed: int, counts: dict, fov, preset: str = "demo") -> list[_Tas
     for split in LABELLED_SPLITS:
         for s, n in zip(SUBTYPES, counts[split]):
             for number in sorted(next(numbers) for _ in range(n)):
-                tasks.append(
-                    _Task(f"{split}/subtype{s}", labelled_case_id(s, number), s, True, seed, fov, preset)
-                )
+                tasks.append(_Task(f"{split}/subtype{s}", labelled_case_id(s, number), s, True, seed, fov, preset))
     for number in sorted(next(numbers) for _ in range(counts["test"])):
         tasks.append(_Task("test", test_case_id(number), None, False, seed, fov, preset))
     return tasks
@@ -444,9 +431,7 @@ def _check_fov(fov_mm) -> tuple[float, float, float]:
     if len(fov) != 3 or not all(np.isfinite(fov)):
         raise SyntheticQuizError(f"fov_mm must be three numbers (x, y, z in mm), got {fov_mm!r}")
     if any(f < m for f, m in zip(fov, MIN_FOV_MM)):
-        raise SyntheticQuizError(
-            f"fov_mm {fov} is too small to hold the anatomy; the minimum is {MIN_FOV_MM}"
-        )
+        raise SyntheticQuizError(f"fov_mm {fov} is too small to hold the anatomy; the minimum is {MIN_FOV_MM}")
     return fov
 
 
@@ -458,9 +443,7 @@ def _refuse_existing(out: Path) -> None:
                 "(remove it or choose another folder)"
             )
     elif out.exists() or out.is_symlink():
-        raise SyntheticQuizError(
-            f"refusing to write the synthetic quiz to {out}: it exists and is not a folder"
-        )
+        raise SyntheticQuizError(f"refusing to write the synthetic quiz to {out}: it exists and is not a folder")
 
 
 def _case_key(text: str) -> int:
@@ -677,9 +660,7 @@ def _draw_pancreas(rng: np.random.Generator, fov) -> _Pancreas:
 
     r0 = rng.uniform(4.3, 5.3)
     radii = (
-        r0
-        * (1.2 - 0.4 * t)
-        * (1.0 + 0.08 * np.sin(2 * np.pi * rng.uniform(1.0, 2.5) * t + rng.uniform(0, 2 * np.pi)))
+        r0 * (1.2 - 0.4 * t) * (1.0 + 0.08 * np.sin(2 * np.pi * rng.uniform(1.0, 2.5) * t + rng.uniform(0, 2 * np.pi)))
     )
 
     tangents = np.gradient(centres, axis=0)
@@ -699,9 +680,7 @@ class _Lesion:
     margin: float | None = None  # pancreas beyond perp_extent (mm); None: drawn in _render_case
 
 
-def _draw_lesion_geometry(
-    rng: np.random.Generator, subtype: int, panc: _Pancreas, fov
-) -> tuple[_Lesion, dict]:
+def _draw_lesion_geometry(rng: np.random.Generator, subtype: int, panc: _Pancreas, fov) -> tuple[_Lesion, dict]:
     """Where the lesion sits and its shape parameters; retried until it fits the field of view."""
     half = np.asarray(fov) / 2
     for _ in range(100):
@@ -728,9 +707,7 @@ def _draw_lesion_geometry(
             perp = long = float(np.max(np.linalg.norm(centres - centre, axis=1) + radii))
         else:
             r = rng.uniform(5.5, 7.5)
-            axes = np.array(
-                [r * rng.uniform(1.6, 2.1), r * rng.uniform(0.75, 0.9), r * rng.uniform(0.7, 0.85)]
-            )
+            axes = np.array([r * rng.uniform(1.6, 2.1), r * rng.uniform(0.75, 0.9), r * rng.uniform(0.7, 0.85)])
             rotation = _frame(tangent, rng, 25.0)
             shape = {
                 "kind": "irregular",
@@ -838,9 +815,7 @@ def _hard_unit_shape(rng: np.random.Generator, kind: str, tangent: np.ndarray) -
     }
 
 
-def _share_guess_radius(
-    share: float, unit: dict, wrap: float, margin: float, panc: _Pancreas, idx: int
-) -> float:
+def _share_guess_radius(share: float, unit: dict, wrap: float, margin: float, panc: _Pancreas, idx: int) -> float:
     """A first guess of the radius at which the lesion takes ``share`` of pancreas + lesion.
 
     Treats the lesion as lying inside the pancreas, and the swollen pancreas (a union of spheres along
@@ -993,9 +968,7 @@ def _fit_hard_lesion(
     return min(usable, key=lambda t: abs(np.log(max(t[1], 1e-9) / share)))[0]
 
 
-def _hard_lesion_hu(
-    rng: np.random.Generator, look: _Look, les_sdf: np.ndarray, grid: _Grid, edge: float
-) -> np.ndarray:
+def _hard_lesion_hu(rng: np.random.Generator, look: _Look, les_sdf: np.ndarray, grid: _Grid, edge: float) -> np.ndarray:
     """Lesion intensities of the hard preset: base density, speckle, and a bright rim (all optional)."""
     speckle = rng.standard_normal(grid.shape)
     speckle = ndimage.gaussian_filter(speckle, sigma=(0.6, 0.6, 0.3))

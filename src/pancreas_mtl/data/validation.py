@@ -115,8 +115,7 @@ def _load_fully(path: Path, rel: str, problems: list[str]):
         problems.append(f"{rel}: not a NIfTI image (nibabel reads it as {type(img).__name__})")
         return None, None
     if spatial_shape(img.shape) is None:
-        problems.append(f"{rel}: not a 3D volume (shape {tuple(img.shape)}); expected (x, y, z) "
-                        "or (x, y, z, 1)")
+        problems.append(f"{rel}: not a 3D volume (shape {tuple(img.shape)}); expected (x, y, z) or (x, y, z, 1)")
         return None, None
     try:
         data = np.asanyarray(img.dataobj)
@@ -129,7 +128,7 @@ def _load_fully(path: Path, rel: str, problems: list[str]):
 def _slabs(data: np.ndarray) -> Iterator[np.ndarray]:
     step = max(1, _SLAB_VOXELS // max(1, data.shape[0] * data.shape[1]))
     for z in range(0, data.shape[2], step):
-        yield data[:, :, z:z + step]
+        yield data[:, :, z : z + step]
 
 
 def _check_image_values(data: np.ndarray, rel: str, problems: list[str]) -> None:
@@ -199,19 +198,21 @@ def check_case_content(case: QuizCase, quiz_dir: str | Path) -> list[str]:
     if img is not None and mask is not None:
         img_shape, mask_shape = spatial_shape(img.shape), spatial_shape(mask.shape)
         if img_shape != mask_shape:
-            problems.append(f"{rel_mask}: mask shape {mask_shape} does not match image shape {img_shape} "
-                            f"({rel_img})")
+            problems.append(f"{rel_mask}: mask shape {mask_shape} does not match image shape {img_shape} ({rel_img})")
         elif not np.allclose(img.affine, mask.affine, rtol=AFFINE_RTOL, atol=AFFINE_ATOL):
             diff = float(np.max(np.abs(img.affine - mask.affine)))
-            problems.append(f"{rel_mask}: mask affine does not match the image affine ({rel_img}); "
-                            f"largest difference {diff:.4g} (tolerance {AFFINE_RTOL:g} relative + "
-                            f"{AFFINE_ATOL:g} absolute); image {_fmt_affine(img.affine)}, "
-                            f"mask {_fmt_affine(mask.affine)}")
+            problems.append(
+                f"{rel_mask}: mask affine does not match the image affine ({rel_img}); "
+                f"largest difference {diff:.4g} (tolerance {AFFINE_RTOL:g} relative + "
+                f"{AFFINE_ATOL:g} absolute); image {_fmt_affine(img.affine)}, "
+                f"mask {_fmt_affine(mask.affine)}"
+            )
     return problems
 
 
-def validate_quiz_folder(quiz_dir: str | Path, n_workers: int = 1, allow_partial: bool = False,
-                         splits: tuple[str, ...] = SPLITS) -> list[QuizCase]:
+def validate_quiz_folder(
+    quiz_dir: str | Path, n_workers: int = 1, allow_partial: bool = False, splits: tuple[str, ...] = SPLITS
+) -> list[QuizCase]:
     """Validate the quiz folder (the folders of ``splits``, all by default); return its cases or raise
     :class:`QuizDataError` with every problem.
 
@@ -231,7 +232,6 @@ def validate_quiz_folder(quiz_dir: str | Path, n_workers: int = 1, allow_partial
         if i % step == 0 or i == n:
             log.info("validated %d/%d case(s)", i, n)
     if problems:
-        raise QuizDataError(f"The quiz data folder {root} is not usable; fix these problems and run again",
-                            problems)
+        raise QuizDataError(f"The quiz data folder {root} is not usable; fix these problems and run again", problems)
     log.info("quiz folder OK: %d case(s) in %.1f s", n, time.perf_counter() - t0)
     return cases

@@ -81,13 +81,15 @@ def calibration_bins(truth: Sequence[int], probabilities: np.ndarray, n_bins: in
     for b in range(n_bins):
         members = index == b
         count = int(members.sum())
-        bins.append({
-            "lower": b / n_bins,
-            "upper": (b + 1) / n_bins,
-            "count": count,
-            "accuracy": float(correct[members].mean()) if count else float("nan"),
-            "confidence": float(confidence[members].mean()) if count else float("nan"),
-        })
+        bins.append(
+            {
+                "lower": b / n_bins,
+                "upper": (b + 1) / n_bins,
+                "count": count,
+                "accuracy": float(correct[members].mean()) if count else float("nan"),
+                "confidence": float(confidence[members].mean()) if count else float("nan"),
+            }
+        )
     return bins
 
 
@@ -113,9 +115,9 @@ def classification_metrics(truth: Sequence[int], probabilities: np.ndarray, n_bi
     pred = predicted_classes(p)
     labels = list(SUBTYPES)
     precision, recall, f1, support = precision_recall_fscore_support(
-        y, pred, labels=labels, average=None, zero_division=0)
-    macro_f1 = precision_recall_fscore_support(
-        y, pred, labels=labels, average="macro", zero_division=0)[2]
+        y, pred, labels=labels, average=None, zero_division=0
+    )
+    macro_f1 = precision_recall_fscore_support(y, pred, labels=labels, average="macro", zero_division=0)[2]
     with warnings.catch_warnings():
         # "y_pred contains classes not in y_true" when a predicted class is absent from the truth
         warnings.simplefilter("ignore", UserWarning)
@@ -123,8 +125,12 @@ def classification_metrics(truth: Sequence[int], probabilities: np.ndarray, n_bi
     return {
         "macro_f1": float(macro_f1),
         "per_class": {
-            str(k): {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                     "support": int(support[i])}
+            str(k): {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i, k in enumerate(labels)
         },
         "balanced_accuracy": float(balanced),

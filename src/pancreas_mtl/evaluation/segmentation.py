@@ -78,6 +78,7 @@ AFFINE_ATOL = 1e-4
 
 # -- one case ---------------------------------------------------------------------------------------
 
+
 def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
     """Dice of two boolean masks, ``2 |P & R| / (|P| + |R|)``; 1.0 when both are empty (nothing to
     find, nothing found). Plain numpy."""
@@ -127,8 +128,9 @@ def _crop_to_union(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return a[tuple(slices)], b[tuple(slices)]
 
 
-def region_metrics(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float],
-                   nsd_tolerance_mm: float = 2.0) -> dict[str, float]:
+def region_metrics(
+    prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float], nsd_tolerance_mm: float = 2.0
+) -> dict[str, float]:
     """Dice, NSD, HD95 and MSD of two binary masks, with the module's empty-mask rules."""
     pred = np.asarray(prediction, dtype=bool)
     ref = np.asarray(reference, dtype=bool)
@@ -150,18 +152,19 @@ def region_metrics(prediction: np.ndarray, reference: np.ndarray, spacing: Seque
         # MONAI passes its own deprecated argument (always_return_as_numpy) internally
         warnings.simplefilter("ignore", FutureWarning)
         dsc = metrics.compute_dice(y_pred, y, include_background=True, ignore_empty=False)
-        nsd = metrics.compute_surface_dice(y_pred, y, [float(nsd_tolerance_mm)], include_background=True,
-                                           spacing=spacing)
-        hd95 = metrics.compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95,
-                                                  spacing=spacing)
-        msd = metrics.compute_average_surface_distance(y_pred, y, include_background=True, symmetric=True,
-                                                       spacing=spacing)
-    return {"dice": float(dsc.item()), "nsd": float(nsd.item()), "hd95": float(hd95.item()),
-            "msd": float(msd.item())}
+        nsd = metrics.compute_surface_dice(
+            y_pred, y, [float(nsd_tolerance_mm)], include_background=True, spacing=spacing
+        )
+        hd95 = metrics.compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95, spacing=spacing)
+        msd = metrics.compute_average_surface_distance(
+            y_pred, y, include_background=True, symmetric=True, spacing=spacing
+        )
+    return {"dice": float(dsc.item()), "nsd": float(nsd.item()), "hd95": float(hd95.item()), "msd": float(msd.item())}
 
 
-def case_metrics(prediction: np.ndarray, reference: np.ndarray, spacing: tuple[float, ...],
-                 nsd_tolerance_mm: float = 2.0) -> list[dict]:
+def case_metrics(
+    prediction: np.ndarray, reference: np.ndarray, spacing: tuple[float, ...], nsd_tolerance_mm: float = 2.0
+) -> list[dict]:
     """One dict per region (:data:`REGIONS`): region, dice, nsd, hd95, msd, reference_voxels,
     predicted_voxels. ``prediction`` and ``reference`` are label arrays on the same grid."""
     prediction, reference = np.asarray(prediction), np.asarray(reference)
@@ -179,6 +182,7 @@ def case_metrics(prediction: np.ndarray, reference: np.ndarray, spacing: tuple[f
 
 
 # -- files ------------------------------------------------------------------------------------------
+
 
 def _load_labels(path: Path) -> tuple[np.ndarray | None, str | None]:
     """The label array of a NIfTI file as uint8, or a problem text."""
@@ -204,8 +208,12 @@ def _spacing(img, path: Path) -> tuple[float, ...]:
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     from_affine = np.sqrt((np.asarray(img.affine)[:3, :3] ** 2).sum(axis=0))
     if not np.allclose(zooms, from_affine, rtol=1e-3, atol=1e-4):
-        log.warning("%s: header zooms %s differ from the affine's voxel sizes %s; using the zooms",
-                    path, zooms, tuple(np.round(from_affine, 6)))
+        log.warning(
+            "%s: header zooms %s differ from the affine's voxel sizes %s; using the zooms",
+            path,
+            zooms,
+            tuple(np.round(from_affine, 6)),
+        )
     return zooms
 
 
@@ -244,12 +252,15 @@ def check_pairs(pairs: Sequence[tuple[str, Path, Path]]) -> None:
             continue
         pred_shape, ref_shape = _spatial_shape(pred_img.shape), _spatial_shape(ref_img.shape)
         if pred_shape != ref_shape:
-            problems.append(f"{case_id}: prediction {pred_path} has shape {pred_shape}, "
-                            f"reference {ref_path} has shape {ref_shape}")
+            problems.append(
+                f"{case_id}: prediction {pred_path} has shape {pred_shape}, reference {ref_path} has shape {ref_shape}"
+            )
         elif not np.allclose(pred_img.affine, ref_img.affine, rtol=0, atol=AFFINE_ATOL):
-            problems.append(f"{case_id}: prediction {pred_path} has affine "
-                            f"{np.round(pred_img.affine, 4).tolist()}, reference {ref_path} has affine "
-                            f"{np.round(ref_img.affine, 4).tolist()}")
+            problems.append(
+                f"{case_id}: prediction {pred_path} has affine "
+                f"{np.round(pred_img.affine, 4).tolist()}, reference {ref_path} has affine "
+                f"{np.round(ref_img.affine, 4).tolist()}"
+            )
     if problems:
         raise UserInputError("predictions are not on their reference's grid (nothing is resampled)", problems)
 
@@ -270,8 +281,9 @@ def _worker_init() -> None:
     _torch().set_num_threads(1)
 
 
-def evaluate_segmentation(pairs: list[tuple[str, Path, Path]], nsd_tolerance_mm: float = 2.0,
-                          n_workers: int = 1) -> pd.DataFrame:
+def evaluate_segmentation(
+    pairs: list[tuple[str, Path, Path]], nsd_tolerance_mm: float = 2.0, n_workers: int = 1
+) -> pd.DataFrame:
     """Metrics for ``(case_id, prediction file, reference file)`` pairs as a long table.
 
     Columns: case_id, region, dice, nsd, hd95, msd, reference_voxels, predicted_voxels (one row per
@@ -285,8 +297,12 @@ def evaluate_segmentation(pairs: list[tuple[str, Path, Path]], nsd_tolerance_mm:
     check_pairs(pairs)
     jobs = [(c, p, r, float(nsd_tolerance_mm)) for c, p, r in pairs]
     n_workers = max(1, min(int(n_workers), len(jobs)))
-    log.info("evaluating segmentation of %d case(s) with %d worker(s), NSD tolerance %.3g mm",
-             len(jobs), n_workers, nsd_tolerance_mm)
+    log.info(
+        "evaluating segmentation of %d case(s) with %d worker(s), NSD tolerance %.3g mm",
+        len(jobs),
+        n_workers,
+        nsd_tolerance_mm,
+    )
     if n_workers == 1:
         results = [_evaluate_case(job) for job in jobs]
     else:
@@ -302,6 +318,7 @@ def evaluate_segmentation(pairs: list[tuple[str, Path, Path]], nsd_tolerance_mm:
 
 
 # -- summary ----------------------------------------------------------------------------------------
+
 
 def _stats(values: pd.Series) -> dict:
     values = pd.to_numeric(values, errors="coerce").astype(float)

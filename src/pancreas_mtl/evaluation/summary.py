@@ -73,8 +73,9 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def flat_summary(seg_summary: dict, cls: dict, n_segmentation_cases: int | None = None,
-                 nsd_tolerance_mm: float | None = None) -> dict:
+def flat_summary(
+    seg_summary: dict, cls: dict, n_segmentation_cases: int | None = None, nsd_tolerance_mm: float | None = None
+) -> dict:
     """The flat headline dict of ``summary.json`` (before ``extra`` is merged)."""
     out: dict = {}
     for region, prefix in REGION_PREFIX.items():
@@ -91,8 +92,15 @@ def flat_summary(seg_summary: dict, cls: dict, n_segmentation_cases: int | None 
     return out
 
 
-def write_metrics(out_dir: Path, seg_table: pd.DataFrame, seg_summary: dict, cls: dict,
-                  extra: dict | None = None, *, nsd_tolerance_mm: float | None = None) -> dict:
+def write_metrics(
+    out_dir: Path,
+    seg_table: pd.DataFrame,
+    seg_summary: dict,
+    cls: dict,
+    extra: dict | None = None,
+    *,
+    nsd_tolerance_mm: float | None = None,
+) -> dict:
     """Write the four result files into ``out_dir`` and return the (JSON-safe) summary.
 
     ``nsd_tolerance_mm`` defaults to the value :func:`evaluate_segmentation` kept in
@@ -129,8 +137,15 @@ def prior_effect(with_prior: dict, without_prior: dict) -> tuple[pd.DataFrame, d
         for metric in PRIOR_EFFECT_METRICS:
             with_value = with_prior.get(region, {}).get(metric, {}).get("mean", float("nan"))
             without_value = without_prior.get(region, {}).get(metric, {}).get("mean", float("nan"))
-            rows.append({"region": region, "metric": metric, "with_prior": with_value,
-                         "without_prior": without_value, "change": with_value - without_value})
+            rows.append(
+                {
+                    "region": region,
+                    "metric": metric,
+                    "with_prior": with_value,
+                    "without_prior": without_value,
+                    "change": with_value - without_value,
+                }
+            )
             keys[f"{prefix}_{metric}_mean_without_prior"] = without_value
     return pd.DataFrame(rows), keys
 
@@ -145,5 +160,10 @@ def write_prior_effect(out_dir: Path, table: pd.DataFrame) -> Path:
 
 def read_segmentation_per_case(path: str | Path) -> pd.DataFrame:
     """``segmentation_per_case.csv`` as :func:`write_metrics` writes it, checked; undefined values are NaN."""
-    return read_checked_csv(path, "per-case segmentation table", "a per-case segmentation table", TABLE_COLUMNS,
-                            dtype={"case_id": str, "region": str})
+    return read_checked_csv(
+        path,
+        "per-case segmentation table",
+        "a per-case segmentation table",
+        TABLE_COLUMNS,
+        dtype={"case_id": str, "region": str},
+    )

@@ -49,8 +49,10 @@ def validation_cases(case_table: str | Path) -> pd.DataFrame:
     no_subtype = validation.loc[validation["subtype"].isna(), "case_id"].tolist()
     no_mask = validation.loc[validation["mask"].fillna("").astype(str).str.strip() == "", "case_id"].tolist()
     if no_subtype or no_mask:
-        raise UserInputError(f"{case_table}: incomplete validation rows",
-                             [f"{c}: no subtype" for c in no_subtype] + [f"{c}: no mask" for c in no_mask])
+        raise UserInputError(
+            f"{case_table}: incomplete validation rows",
+            [f"{c}: no subtype" for c in no_subtype] + [f"{c}: no mask" for c in no_mask],
+        )
     return validation
 
 
@@ -61,21 +63,27 @@ def _classification(validation: pd.DataFrame, predictions_dir: Path) -> dict:
     if missing:
         raise UserInputError(
             f"{class_probabilities_path(predictions_dir)}: no class probabilities for {len(missing)} validation "
-            f"case(s): {', '.join(missing)}")
+            f"case(s): {', '.join(missing)}"
+        )
     rows = probabilities.loc[validation["case_id"]]
     probs = rows[PROBABILITY_COLUMNS].to_numpy(dtype=float)
     cls = classification_metrics(validation["subtype"].astype(int).tolist(), probs)
     cls["per_case"] = [
         {"case_id": c, "subtype": int(t), "predicted_subtype": int(p), **dict(zip(PROBABILITY_COLUMNS, q))}
-        for c, t, p, q in zip(validation["case_id"], validation["subtype"], rows["predicted_subtype"],
-                              probs.tolist())
+        for c, t, p, q in zip(validation["case_id"], validation["subtype"], rows["predicted_subtype"], probs.tolist())
     ]
     return cls
 
 
-def evaluate_validation_predictions(predictions_dir: str | Path, case_table: str | Path, raw_dataset: str | Path,
-                                    summary_path: str | Path, nsd_tolerance_mm: float,
-                                    extra: dict | None = None, n_workers: int = 1) -> dict:
+def evaluate_validation_predictions(
+    predictions_dir: str | Path,
+    case_table: str | Path,
+    raw_dataset: str | Path,
+    summary_path: str | Path,
+    nsd_tolerance_mm: float,
+    extra: dict | None = None,
+    n_workers: int = 1,
+) -> dict:
     """Score the validation predictions and write the metrics files; return the ``summary.json`` dict.
 
     ``predictions_dir`` holds ``{case_id}.nii.gz`` masks and ``class_probabilities.csv``; the reference
@@ -87,30 +95,50 @@ def evaluate_validation_predictions(predictions_dir: str | Path, case_table: str
     predictions_dir, raw_dataset, summary_path = Path(predictions_dir), Path(raw_dataset), Path(summary_path)
     validation = validation_cases(case_table)
     expected = {mask_file_name(c) for c in validation["case_id"]}
-    pairs = [(row.case_id, predictions_dir / mask_file_name(row.case_id), raw_dataset / row.mask)
-             for row in validation.itertuples(index=False)]
+    pairs = [
+        (row.case_id, predictions_dir / mask_file_name(row.case_id), raw_dataset / row.mask)
+        for row in validation.itertuples(index=False)
+    ]
     ignored = sorted(p.name for p in predictions_dir.glob(f"*{NIFTI_SUFFIX}") if p.name not in expected)
     if ignored:
         log.info("ignoring %d prediction(s) of non-validation cases: %s", len(ignored), ", ".join(ignored[:10]))
     seg_table = evaluate_segmentation(pairs, nsd_tolerance_mm=nsd_tolerance_mm, n_workers=n_workers)
     seg_summary = summarize_segmentation(seg_table)
     cls = _classification(validation, predictions_dir)
-    effect, prior_keys = _lesion_prior_effect(predictions_dir, pairs, seg_table, seg_summary, nsd_tolerance_mm,
-                                              n_workers)
+    effect, prior_keys = _lesion_prior_effect(
+        predictions_dir, pairs, seg_table, seg_summary, nsd_tolerance_mm, n_workers
+    )
 
-    summary = write_metrics(summary_path.parent, seg_table, seg_summary, cls, {**prior_keys, **dict(extra or {})},
-                            nsd_tolerance_mm=nsd_tolerance_mm)
+    summary = write_metrics(
+        summary_path.parent,
+        seg_table,
+        seg_summary,
+        cls,
+        {**prior_keys, **dict(extra or {})},
+        nsd_tolerance_mm=nsd_tolerance_mm,
+    )
     write_prior_effect(summary_path.parent, effect)
     if summary_path.name != SUMMARY_FILE:
         write_json(summary_path, summary)
-    log.info("whole pancreas Dice %s, lesion Dice %s, macro-F1 %s over %d validation case(s); results in %s",
-             _fmt(summary["whole_pancreas_dice_mean"]), _fmt(summary["lesion_dice_mean"]),
-             _fmt(summary["macro_f1"]), len(validation), summary_path.parent)
+    log.info(
+        "whole pancreas Dice %s, lesion Dice %s, macro-F1 %s over %d validation case(s); results in %s",
+        _fmt(summary["whole_pancreas_dice_mean"]),
+        _fmt(summary["lesion_dice_mean"]),
+        _fmt(summary["macro_f1"]),
+        len(validation),
+        summary_path.parent,
+    )
     return summary
 
 
-def _lesion_prior_effect(predictions_dir: Path, pairs: list, seg_table: pd.DataFrame, seg_summary: dict,
-                         nsd_tolerance_mm: float, n_workers: int) -> tuple[pd.DataFrame, dict]:
+def _lesion_prior_effect(
+    predictions_dir: Path,
+    pairs: list,
+    seg_table: pd.DataFrame,
+    seg_summary: dict,
+    nsd_tolerance_mm: float,
+    n_workers: int,
+) -> tuple[pd.DataFrame, dict]:
     """The metrics without the lesion-presence prior (the cases it changed scored on their masks as predicted
     before it), the with/without table, and the summary keys (which cases it changed, the means without it)."""
     record = read_prior_record(predictions_dir)
@@ -124,13 +152,19 @@ def _lesion_prior_effect(predictions_dir: Path, pairs: list, seg_table: pd.DataF
         without = pd.concat([seg_table[~seg_table["case_id"].isin(changed)], rescored], ignore_index=True)
     table, keys = prior_effect(seg_summary, summarize_segmentation(without))
     keys["lesion_prior"] = {
-        "enabled": record["enabled"], "relative_threshold": record["relative_threshold"],
-        "n_changed": len(changed), "changed_cases": changed,
+        "enabled": record["enabled"],
+        "relative_threshold": record["relative_threshold"],
+        "n_changed": len(changed),
+        "changed_cases": changed,
     }
     if record["enabled"]:
-        log.info("lesion-presence prior changed %d validation case(s): %s; lesion Dice %.4f with, %.4f without",
-                 len(changed), ", ".join(changed) or "none", seg_summary["lesion"]["dice"]["mean"],
-                 keys["lesion_dice_mean_without_prior"])
+        log.info(
+            "lesion-presence prior changed %d validation case(s): %s; lesion Dice %.4f with, %.4f without",
+            len(changed),
+            ", ".join(changed) or "none",
+            seg_summary["lesion"]["dice"]["mean"],
+            keys["lesion_dice_mean_without_prior"],
+        )
     return table, keys
 
 

@@ -79,9 +79,14 @@ class MultiTaskPredictor(nnUNetPredictor):
         ``device`` with torch (:mod:`~pancreas_mtl.inference.device_resampling`), where the plans allow it;
         otherwise the export workers run nnU-Net's CPU resampling."""
         super().__init__(
-            tile_step_size=tile_step_size, use_gaussian=use_gaussian, use_mirroring=mirror_axes != (),
-            perform_everything_on_device=perform_everything_on_device, device=device, verbose=verbose,
-            verbose_preprocessing=False, allow_tqdm=allow_tqdm,
+            tile_step_size=tile_step_size,
+            use_gaussian=use_gaussian,
+            use_mirroring=mirror_axes != (),
+            perform_everything_on_device=perform_everything_on_device,
+            device=device,
+            verbose=verbose,
+            verbose_preprocessing=False,
+            allow_tqdm=allow_tqdm,
         )
         self.requested_mirror_axes = mirror_axes
         self.channels_last = channels_last
@@ -99,7 +104,9 @@ class MultiTaskPredictor(nnUNetPredictor):
         self._pools: dict[str, multiprocessing.pool.Pool] = {}
 
     # ------------------------------------------------------------------ set-up
-    def initialize_from_trained_model_folder(self, model_training_output_dir, use_folds, checkpoint_name="checkpoint_final.pth"):
+    def initialize_from_trained_model_folder(
+        self, model_training_output_dir, use_folds, checkpoint_name="checkpoint_final.pth"
+    ):
         super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
         self._after_initialization()
 
@@ -145,9 +152,14 @@ class MultiTaskPredictor(nnUNetPredictor):
             pool.join()
         self._pools.clear()
 
-    def predict_files(self, images: list[str], output_files_truncated: list[str],
-                      preprocessing_workers: int = 2, export_workers: int = 2,
-                      lesion_prior_threshold: float | None = None) -> None:
+    def predict_files(
+        self,
+        images: list[str],
+        output_files_truncated: list[str],
+        preprocessing_workers: int = 2,
+        export_workers: int = 2,
+        lesion_prior_threshold: float | None = None,
+    ) -> None:
         """Predict images into ``{output}.nii.gz`` masks; class probabilities go to ``self.class_probabilities``.
 
         Preprocessing runs ahead in resident worker processes, the model computes case after case in this
@@ -161,8 +173,10 @@ class MultiTaskPredictor(nnUNetPredictor):
         export = self._pool("export", export_workers)
         on_device = self.resample_on_device and device_resampling.supports(self.configuration_manager)
         pending = [
-            preprocess.apply_async(timed_in_worker, (preprocess_case, str(image), self.plans_manager,
-                                                     self.configuration_manager, self.dataset_json))
+            preprocess.apply_async(
+                timed_in_worker,
+                (preprocess_case, str(image), self.plans_manager, self.configuration_manager, self.dataset_json),
+            )
             for image in images
         ]
         exports = []
@@ -178,17 +192,33 @@ class MultiTaskPredictor(nnUNetPredictor):
                 task = None
                 if on_device:
                     try:
-                        task = (export_cropped_labels,
-                                *self._labels_on_device(logits, properties, lesion_prior_threshold), properties,
-                                self.plans_manager, self.dataset_json, ofile, lesion_prior_threshold)
+                        task = (
+                            export_cropped_labels,
+                            *self._labels_on_device(logits, properties, lesion_prior_threshold),
+                            properties,
+                            self.plans_manager,
+                            self.dataset_json,
+                            ofile,
+                            lesion_prior_threshold,
+                        )
                     except torch.cuda.OutOfMemoryError:
                         # like nnU-Net's sliding window: a case too large for the device goes the CPU way
-                        log.warning("%s: out of device memory resampling the logits; nnU-Net's CPU export takes it",
-                                    self._current_case)
+                        log.warning(
+                            "%s: out of device memory resampling the logits; nnU-Net's CPU export takes it",
+                            self._current_case,
+                        )
                         torch.cuda.empty_cache()
                 if task is None:
-                    task = (export_case, logits.cpu().numpy(), properties, self.configuration_manager,
-                            self.plans_manager, self.dataset_json, ofile, lesion_prior_threshold)
+                    task = (
+                        export_case,
+                        logits.cpu().numpy(),
+                        properties,
+                        self.configuration_manager,
+                        self.plans_manager,
+                        self.dataset_json,
+                        ofile,
+                        lesion_prior_threshold,
+                    )
                 seconds["export_seconds"] = time.perf_counter() - computed  # here; the worker's part is added
                 self.case_seconds[self._current_case] = seconds
                 exports.append((self._current_case, export.apply_async(timed_in_worker, task)))
@@ -202,18 +232,22 @@ class MultiTaskPredictor(nnUNetPredictor):
             if change["added_voxels"]:
                 self.lesion_prior_changes[case] = change
 
-    def _labels_on_device(self, logits: torch.Tensor, properties: dict,
-                          lesion_prior_threshold: float | None) -> tuple[np.ndarray, np.ndarray | None]:
+    def _labels_on_device(
+        self, logits: torch.Tensor, properties: dict, lesion_prior_threshold: float | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """The labels on the cropped input's grid, resampled on the device, and the lesion probabilities the
         lesion-presence prior needs (None without it)."""
         labels, probabilities = device_resampling.segmentation_on_input_crop(
-            logits.to(self.device), properties, self.plans_manager, self.configuration_manager, self.label_manager)
+            logits.to(self.device), properties, self.plans_manager, self.configuration_manager, self.label_manager
+        )
         if lesion_prior_threshold is None:
             return labels, None
         return labels, probabilities[lesion_output_channel(self.label_manager)].float().cpu().numpy()
 
     # ------------------------------------------------------------------ per-case bookkeeping
-    def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False, num_processes_segmentation_export: int = 2):
+    def predict_from_data_iterator(
+        self, data_iterator, save_probabilities: bool = False, num_processes_segmentation_export: int = 2
+    ):
         def tracking(iterator):
             for item in iterator:
                 ofile = item.get("ofile")

@@ -66,7 +66,10 @@ def case_id_of_image(image: str | Path) -> str:
 
 
 def build_predictor(
-    model_folder: str | Path, folds: list[int], checkpoint_name: str, settings: InferenceSettings,
+    model_folder: str | Path,
+    folds: list[int],
+    checkpoint_name: str,
+    settings: InferenceSettings,
     start_workers: bool = True,
 ) -> MultiTaskPredictor:
     """Load the trained multi-task model once (it stays resident for every case predicted with it).
@@ -97,7 +100,10 @@ def build_predictor(
 
 
 def predict_images(
-    predictor: MultiTaskPredictor, images: list[Path], output_dir: str | Path, settings: InferenceSettings,
+    predictor: MultiTaskPredictor,
+    images: list[Path],
+    output_dir: str | Path,
+    settings: InferenceSettings,
     lesion_prior_threshold: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Write ``{case_id}.nii.gz`` per image into output_dir (with the lesion-presence prior when its threshold is
@@ -117,9 +123,13 @@ def predict_images(
     )
     write_prior_record(output_dir, lesion_prior_threshold, predictor.lesion_prior_changes)
     if lesion_prior_threshold is not None:
-        log.info("lesion-presence prior (relative threshold %s) added a lesion to %d of %d case(s): %s",
-                 lesion_prior_threshold, len(predictor.lesion_prior_changes), len(images),
-                 ", ".join(sorted(predictor.lesion_prior_changes)) or "none")
+        log.info(
+            "lesion-presence prior (relative threshold %s) added a lesion to %d of %d case(s): %s",
+            lesion_prior_threshold,
+            len(predictor.lesion_prior_changes),
+            len(images),
+            ", ".join(sorted(predictor.lesion_prior_changes)) or "none",
+        )
     log.info("predicted %d case(s) in %.1f s", len(images), time.perf_counter() - start)
     missing = [c for c in case_ids if c not in predictor.class_probabilities]
     if missing:

@@ -63,7 +63,7 @@ def strip_state_dict_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:
             changed = False
             for p in _WRAPPER_PREFIXES:
                 if key.startswith(p):
-                    key = key[len(p):]
+                    key = key[len(p) :]
                     changed = True
         if key in out:
             raise RuntimeError(f"checkpoint key {k!r} collides with another key after stripping wrapper prefixes")

@@ -35,11 +35,16 @@ def plan_and_preprocess(
     """Run ``nnUNetv2_plan_and_preprocess`` for one dataset; returns the wall time in seconds."""
     args = [
         "nnUNetv2_plan_and_preprocess",
-        "-d", str(dataset_id),
-        "-pl", planner,
-        "-c", *configurations,
-        "-np", *[str(n_processes)] * len(configurations),
-        "-npfp", str(n_processes),
+        "-d",
+        str(dataset_id),
+        "-pl",
+        planner,
+        "-c",
+        *configurations,
+        "-np",
+        *[str(n_processes)] * len(configurations),
+        "-npfp",
+        str(n_processes),
         "--no_pbar",
     ]
     if verify_integrity:
@@ -97,8 +102,9 @@ def training_configuration_name(configuration: str, num_gpus: int) -> str:
     return configuration if num_gpus <= 1 else f"{configuration}_{num_gpus}gpus"
 
 
-def multi_gpu_configuration(parent_name: str, parent_batch_size: int, num_gpus: int,
-                            batch_size_per_gpu: int | None) -> dict:
+def multi_gpu_configuration(
+    parent_name: str, parent_batch_size: int, num_gpus: int, batch_size_per_gpu: int | None
+) -> dict:
     """nnU-Net splits a configuration's batch over the DDP ranks (and asserts batch >= GPUs): a configuration that
     ``inherits_from`` the chosen one with ``batch_size_per_gpu`` (default: the parent's batch) times ``num_gpus``,
     as nnU-Net's documentation raises the batch for several GPUs."""
@@ -130,10 +136,18 @@ def load_planned_configuration(plans_file: str | Path, name: str = PARENT_CONFIG
     return json.loads(Path(plans_file).read_text())["configurations"][name]
 
 
-def plan_dataset(folders: NnunetFolders, dataset: str, planner: str, plans_name: str,
-                 cpu_configuration: dict, splits_json: str | Path, n_processes: int,
-                 configuration: str | None = None, num_gpus: int = 1,
-                 batch_size_per_gpu: int | None = None) -> Path:
+def plan_dataset(
+    folders: NnunetFolders,
+    dataset: str,
+    planner: str,
+    plans_name: str,
+    cpu_configuration: dict,
+    splits_json: str | Path,
+    n_processes: int,
+    configuration: str | None = None,
+    num_gpus: int = 1,
+    batch_size_per_gpu: int | None = None,
+) -> Path:
     """Plan and preprocess one raw dataset (``DatasetNNN_Name``), add the small CPU configuration to its plans
     (and, for a training of ``num_gpus`` > 1 on ``configuration``, its multi-GPU configuration), and install its
     splits; returns the plans file."""
@@ -147,7 +161,10 @@ def plan_dataset(folders: NnunetFolders, dataset: str, planner: str, plans_name:
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
         parent_batch = PlansManager(str(plans_file)).get_configuration(configuration).batch_size
-        add_configuration(plans_file, training_configuration_name(configuration, num_gpus),
-                          multi_gpu_configuration(configuration, parent_batch, num_gpus, batch_size_per_gpu))
+        add_configuration(
+            plans_file,
+            training_configuration_name(configuration, num_gpus),
+            multi_gpu_configuration(configuration, parent_batch, num_gpus, batch_size_per_gpu),
+        )
     install_splits(splits_json, dataset_dir)
     return plans_file

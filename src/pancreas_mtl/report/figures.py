@@ -25,8 +25,13 @@ log = logging.getLogger(__name__)
 N_BEST_WORST = 2
 
 
-def overlay_cases(per_case: pd.DataFrame, case_table: pd.DataFrame, raw_dataset: str | Path,
-                  predictions: str | Path, n: int = N_BEST_WORST) -> list[dict]:
+def overlay_cases(
+    per_case: pd.DataFrame,
+    case_table: pd.DataFrame,
+    raw_dataset: str | Path,
+    predictions: str | Path,
+    n: int = N_BEST_WORST,
+) -> list[dict]:
     """The ``n`` best and ``n`` worst validation cases by whole-pancreas Dice (best first, then worst).
 
     Only cases with a defined Dice and a prediction file count; a case is shown once even when it is
@@ -52,14 +57,16 @@ def overlay_cases(per_case: pd.DataFrame, case_table: pd.DataFrame, raw_dataset:
         if row.case_id not in table.index:
             raise UserInputError(f"case {row.case_id} of the per-case table is not in the case table")
         entry = table.loc[row.case_id]
-        cases.append({
-            "case_id": row.case_id,
-            "image": raw_dataset / entry["image"],
-            "reference": raw_dataset / entry["mask"],
-            "prediction": predictions / mask_file_name(row.case_id),
-            "dice": float(row.dice),
-            "label": label,
-        })
+        cases.append(
+            {
+                "case_id": row.case_id,
+                "image": raw_dataset / entry["image"],
+                "reference": raw_dataset / entry["mask"],
+                "prediction": predictions / mask_file_name(row.case_id),
+                "dice": float(row.dice),
+                "label": label,
+            }
+        )
     return cases
 
 
@@ -113,8 +120,9 @@ def make_report_figures(
     log.info("training curves -> %s", out["training_curves"])
 
     cls = json.loads(Path(classification).read_text())
-    out["confusion_matrix"] = plots.plot_confusion_matrix(cls["confusion_matrix"], confusion_matrix_png,
-                                                          macro_f1=cls.get("macro_f1"))
+    out["confusion_matrix"] = plots.plot_confusion_matrix(
+        cls["confusion_matrix"], confusion_matrix_png, macro_f1=cls.get("macro_f1")
+    )
     log.info("confusion matrix -> %s", out["confusion_matrix"])
 
     cases = read_case_table(case_table)
@@ -124,8 +132,9 @@ def make_report_figures(
 
     montage = overlay_cases(per_case, cases, raw_dataset, predictions)
     out["overlay_montage"] = plots.plot_overlay_montage(montage, overlay_montage_png)
-    log.info("overlay montage (%s) -> %s", ", ".join(f"{c['case_id']} {c['label']}" for c in montage),
-             out["overlay_montage"])
+    log.info(
+        "overlay montage (%s) -> %s", ", ".join(f"{c['case_id']} {c['label']}" for c in montage), out["overlay_montage"]
+    )
 
     out["benchmark"] = plot_benchmark_files(benchmark, benchmark_per_case, benchmark_png)
     log.info("benchmark -> %s", out["benchmark"])

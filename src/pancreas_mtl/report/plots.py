@@ -93,8 +93,7 @@ def _epoch_seconds(log: Mapping) -> np.ndarray:
     return seconds[np.isfinite(seconds) & (seconds >= 0)]
 
 
-def _plot_series(ax, log: Mapping, key: str, label: str, colour: str, *, sparse: bool = False,
-                 **kwargs) -> bool:
+def _plot_series(ax, log: Mapping, key: str, label: str, colour: str, *, sparse: bool = False, **kwargs) -> bool:
     """Plot ``log[key]`` against the epoch index; ``sparse`` series are drawn through measured epochs only."""
     y = _as_float_array(log.get(key))
     if y.size == 0:
@@ -116,8 +115,9 @@ def plot_training_curves(stage_logs: dict[str, dict], out_png: str | Path) -> Pa
         raise ValueError("plot_training_curves: no stages given")
     names = list(stage_logs)
     ncols = len(names)
-    fig, axes = plt.subplots(3, ncols, figsize=(5.2 * ncols + 2.6, 9.0), sharey="row", squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        3, ncols, figsize=(5.2 * ncols + 2.6, 9.0), sharey="row", squeeze=False, layout="constrained"
+    )
     legend_handles: list[dict[str, object]] = [{}, {}, {}]
 
     def collect(row: int, ax) -> None:
@@ -131,24 +131,56 @@ def plot_training_curves(stage_logs: dict[str, dict], out_png: str | Path) -> Pa
         # --- losses
         _plot_series(ax_loss, log, "train_losses", "train loss (total)", OKABE_ITO["blue"])
         _plot_series(ax_loss, log, "val_losses", "validation loss", OKABE_ITO["vermillion"])
-        _plot_series(ax_loss, log, "train_seg_loss", "train segmentation loss", OKABE_ITO["sky_blue"],
-                     linestyle="--")
-        _plot_series(ax_loss, log, "train_cls_loss", "train classification loss", OKABE_ITO["reddish_purple"],
-                     linestyle=":")
+        _plot_series(ax_loss, log, "train_seg_loss", "train segmentation loss", OKABE_ITO["sky_blue"], linestyle="--")
+        _plot_series(
+            ax_loss, log, "train_cls_loss", "train classification loss", OKABE_ITO["reddish_purple"], linestyle=":"
+        )
         collect(0, ax_loss)
 
         # --- validation metrics
-        _plot_series(ax_metric, log, "mean_fg_dice", "pseudo Dice (patch validation, per epoch)",
-                     OKABE_ITO["grey"], alpha=0.35, linewidth=1)
+        _plot_series(
+            ax_metric,
+            log,
+            "mean_fg_dice",
+            "pseudo Dice (patch validation, per epoch)",
+            OKABE_ITO["grey"],
+            alpha=0.35,
+            linewidth=1,
+        )
         _plot_series(ax_metric, log, "ema_fg_dice", "EMA pseudo Dice (patch validation)", OKABE_ITO["black"])
-        _plot_series(ax_metric, log, "full_val_whole_dice", "whole-pancreas Dice (full validation)",
-                     OKABE_ITO["bluish_green"], sparse=True)
-        _plot_series(ax_metric, log, "full_val_lesion_dice", "lesion Dice (full validation)",
-                     OKABE_ITO["vermillion"], sparse=True)
-        _plot_series(ax_metric, log, "full_val_macro_f1", "subtype macro-F1 (full validation)",
-                     OKABE_ITO["reddish_purple"], sparse=True)
-        _plot_series(ax_metric, log, "full_val_combined", "combined score (full validation)",
-                     OKABE_ITO["blue"], sparse=True, linestyle="--")
+        _plot_series(
+            ax_metric,
+            log,
+            "full_val_whole_dice",
+            "whole-pancreas Dice (full validation)",
+            OKABE_ITO["bluish_green"],
+            sparse=True,
+        )
+        _plot_series(
+            ax_metric,
+            log,
+            "full_val_lesion_dice",
+            "lesion Dice (full validation)",
+            OKABE_ITO["vermillion"],
+            sparse=True,
+        )
+        _plot_series(
+            ax_metric,
+            log,
+            "full_val_macro_f1",
+            "subtype macro-F1 (full validation)",
+            OKABE_ITO["reddish_purple"],
+            sparse=True,
+        )
+        _plot_series(
+            ax_metric,
+            log,
+            "full_val_combined",
+            "combined score (full validation)",
+            OKABE_ITO["blue"],
+            sparse=True,
+            linestyle="--",
+        )
         ax_metric.set_ylim(-0.02, 1.02)
         collect(1, ax_metric)
 
@@ -160,8 +192,14 @@ def plot_training_curves(stage_logs: dict[str, dict], out_png: str | Path) -> Pa
         weights = _as_float_array(log.get("cls_loss_weight"))
         if weights.size and np.isfinite(weights).any():
             twin = ax_lr.twinx()
-            _plot_series(twin, log, "cls_loss_weight", "classification-loss weight (right axis)",
-                         OKABE_ITO["orange"], linestyle="--")
+            _plot_series(
+                twin,
+                log,
+                "cls_loss_weight",
+                "classification-loss weight (right axis)",
+                OKABE_ITO["orange"],
+                linestyle="--",
+            )
             top = np.nanmax(weights)
             twin.set_ylim(0, top * 1.1 if top > 0 else 1)
             twin.set_ylabel("classification-loss weight")
@@ -184,21 +222,33 @@ def plot_training_curves(stage_logs: dict[str, dict], out_png: str | Path) -> Pa
     titles = ("Losses", "Validation metrics", "Learning rate")
     for row in range(3):
         if legend_handles[row]:
-            axes[row, -1].legend(list(legend_handles[row].values()), list(legend_handles[row].keys()),
-                                 loc="center left", bbox_to_anchor=(1.12 if row == 2 else 1.02, 0.5),
-                                 fontsize=8, frameon=False, title=titles[row], title_fontsize=9,
-                                 alignment="left")
-    note = ("Training curves (each stage on its own epoch axis; full-validation metrics only on the epochs "
-            "where they were measured)")
+            axes[row, -1].legend(
+                list(legend_handles[row].values()),
+                list(legend_handles[row].keys()),
+                loc="center left",
+                bbox_to_anchor=(1.12 if row == 2 else 1.02, 0.5),
+                fontsize=8,
+                frameon=False,
+                title=titles[row],
+                title_fontsize=9,
+                alignment="left",
+            )
+    note = (
+        "Training curves (each stage on its own epoch axis; full-validation metrics only on the epochs "
+        "where they were measured)"
+    )
     fig.suptitle(textwrap.fill(note, width=int(fig.get_figwidth() * 10)), fontsize=11)
     return _finish(fig, out_png)
 
 
 # ---------------------------------------------------------------------------------------------- 2 confusion matrix
-def plot_confusion_matrix(confusion: Sequence[Sequence[int]], out_png: str | Path,
-                          class_names: Sequence[str] = tuple(f"subtype {s}" for s in SUBTYPES),
-                          title: str = "Lesion subtype classification (validation)",
-                          macro_f1: float | None = None) -> Path:
+def plot_confusion_matrix(
+    confusion: Sequence[Sequence[int]],
+    out_png: str | Path,
+    class_names: Sequence[str] = tuple(f"subtype {s}" for s in SUBTYPES),
+    title: str = "Lesion subtype classification (validation)",
+    macro_f1: float | None = None,
+) -> Path:
     """Counts and row-normalised percentages (rows = truth, columns = prediction)."""
     counts = np.asarray(confusion, dtype=float)
     if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
@@ -252,8 +302,9 @@ def plot_dice_distributions(per_case: pd.DataFrame, out_png: str | Path, *, seed
     by_subtype = "subtype" in per_case.columns and per_case["subtype"].notna().any()
     rng = np.random.default_rng(seed)
 
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics) + 1.8, 4.8), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(4.2 * len(metrics) + 1.8, 4.8), squeeze=False, layout="constrained"
+    )
     for ax, (column, label, short) in zip(axes[0], metrics):
         data, ticks = [], []
         for pos, region in enumerate(order):
@@ -271,14 +322,22 @@ def plot_dice_distributions(per_case: pd.DataFrame, out_png: str | Path, *, seed
             x = pos + rng.uniform(-0.17, 0.17, size=int(ok.sum()))
             if by_subtype:
                 subtypes = rows["subtype"].to_numpy()[ok]
-                colours = [SUBTYPE_COLOURS[int(s) % len(SUBTYPE_COLOURS)] if pd.notna(s) else OKABE_ITO["grey"]
-                           for s in subtypes]
+                colours = [
+                    SUBTYPE_COLOURS[int(s) % len(SUBTYPE_COLOURS)] if pd.notna(s) else OKABE_ITO["grey"]
+                    for s in subtypes
+                ]
             else:
                 colours = REGION_COLOURS.get(region, OKABE_ITO["grey"])
             ax.scatter(x, data[-1], s=22, c=colours, alpha=0.85, edgecolors="white", linewidths=0.5, zorder=3)
-        box = ax.boxplot([d if d.size else [np.nan] for d in data], positions=range(len(order)), widths=0.55,
-                         showfliers=False, patch_artist=True, zorder=2,
-                         medianprops={"color": "black", "linewidth": 1.5})
+        box = ax.boxplot(
+            [d if d.size else [np.nan] for d in data],
+            positions=range(len(order)),
+            widths=0.55,
+            showfliers=False,
+            patch_artist=True,
+            zorder=2,
+            medianprops={"color": "black", "linewidth": 1.5},
+        )
         for patch, region in zip(box["boxes"], order):
             patch.set_facecolor(OKABE_ITO["grey"] if by_subtype else REGION_COLOURS.get(region, OKABE_ITO["grey"]))
             patch.set_alpha(0.2 if by_subtype else 0.25)
@@ -290,10 +349,20 @@ def plot_dice_distributions(per_case: pd.DataFrame, out_png: str | Path, *, seed
         ax.grid(True, axis="y", alpha=0.3)
     if by_subtype:
         present = sorted({int(s) for s in per_case["subtype"].dropna()})
-        handles = [Line2D([], [], marker="o", linestyle="", color=SUBTYPE_COLOURS[s % len(SUBTYPE_COLOURS)],
-                          label=f"subtype {s}") for s in present]
-        axes[0, -1].legend(handles=handles, title="true subtype", loc="center left", bbox_to_anchor=(1.02, 0.5),
-                           frameon=False, fontsize=9)
+        handles = [
+            Line2D(
+                [], [], marker="o", linestyle="", color=SUBTYPE_COLOURS[s % len(SUBTYPE_COLOURS)], label=f"subtype {s}"
+            )
+            for s in present
+        ]
+        axes[0, -1].legend(
+            handles=handles,
+            title="true subtype",
+            loc="center left",
+            bbox_to_anchor=(1.02, 0.5),
+            frameon=False,
+            fontsize=9,
+        )
     n_cases = per_case["case_id"].nunique()
     fig.suptitle(f"Per-case segmentation quality ({n_cases} cases; one point per case)", fontsize=12)
     return _finish(fig, out_png)
@@ -347,8 +416,9 @@ def _radiological(slice_xy: np.ndarray) -> np.ndarray:
     return np.asarray(slice_xy)[::-1, :].T
 
 
-def _crop_box(mask: np.ndarray, spacing_xy: tuple[float, float], margin_mm: float = 35.0,
-              min_size_mm: float = 110.0) -> tuple[slice, slice]:
+def _crop_box(
+    mask: np.ndarray, spacing_xy: tuple[float, float], margin_mm: float = 35.0, min_size_mm: float = 110.0
+) -> tuple[slice, slice]:
     """Rows/columns around the foreground of a display-oriented slice, with a margin (whole slice if empty)."""
     rows, cols = np.nonzero(mask)
     if rows.size == 0:
@@ -367,16 +437,16 @@ def _crop_box(mask: np.ndarray, spacing_xy: tuple[float, float], margin_mm: floa
 def _overlay(ax, labels: np.ndarray, aspect: float, alpha: float = 0.45) -> None:
     cmap = ListedColormap([PANCREAS_COLOUR, LESION_COLOUR])
     shown = np.ma.masked_where(labels == BACKGROUND_LABEL, np.where(labels == LESION_LABEL, 1, 0))
-    ax.imshow(shown, cmap=cmap, vmin=0, vmax=1, alpha=alpha, origin="lower", interpolation="nearest",
-              aspect=aspect)
+    ax.imshow(shown, cmap=cmap, vmin=0, vmax=1, alpha=alpha, origin="lower", interpolation="nearest", aspect=aspect)
     for mask, colour in ((labels > BACKGROUND_LABEL, PANCREAS_COLOUR), (labels == LESION_LABEL, LESION_COLOUR)):
         region = mask.astype(float)
         if region.any() and not region.all():
             ax.contour(region, levels=[0.5], colors=[colour], linewidths=1.2, origin="lower")
 
 
-def plot_overlay_montage(cases: list[dict], out_png: str | Path, *, level: float = CT_LEVEL_HU,
-                         width: float = CT_WIDTH_HU) -> Path:
+def plot_overlay_montage(
+    cases: list[dict], out_png: str | Path, *, level: float = CT_LEVEL_HU, width: float = CT_WIDTH_HU
+) -> Path:
     """One row per case: CT, CT + reference, CT + prediction on the axial slice with the largest lesion."""
     if not cases:
         raise ValueError("plot_overlay_montage: no cases given")
@@ -394,8 +464,7 @@ def plot_overlay_montage(cases: list[dict], out_png: str | Path, *, level: float
             image = image[..., 0]
         for what, arr in (("reference", reference), ("prediction", prediction)):
             if arr.shape != image.shape:
-                raise ValueError(f"{case['case_id']}: {what} shape {arr.shape} differs from image shape "
-                                 f"{image.shape}")
+                raise ValueError(f"{case['case_id']}: {what} shape {arr.shape} differs from image shape {image.shape}")
         z = select_slice(reference)
         zooms = tuple(float(v) for v in image_img.header.get_zooms()[:2])
         ct = _radiological(window_ct(image[:, :, z], level, width))
@@ -414,33 +483,63 @@ def plot_overlay_montage(cases: list[dict], out_png: str | Path, *, level: float
             if labels is not None:
                 _overlay(ax, labels, aspect)
             if what == "prediction" and (ref > BACKGROUND_LABEL).any() and not (ref > BACKGROUND_LABEL).all():
-                ax.contour((ref > BACKGROUND_LABEL).astype(float), levels=[0.5], colors="white", linewidths=0.9,
-                           linestyles="--", origin="lower")
+                ax.contour(
+                    (ref > BACKGROUND_LABEL).astype(float),
+                    levels=[0.5],
+                    colors="white",
+                    linewidths=0.9,
+                    linestyles="--",
+                    origin="lower",
+                )
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(what, fontsize=9)
             if col == 0:
-                for text, x, y, ha in (("R", 0.03, 0.5, "left"), ("L", 0.97, 0.5, "right"),
-                                       ("A", 0.5, 0.97, "center")):
-                    ax.text(x, y, text, transform=ax.transAxes, ha=ha, va="center" if text != "A" else "top",
-                            color="yellow", fontsize=9, fontweight="bold")
+                for text, x, y, ha in (("R", 0.03, 0.5, "left"), ("L", 0.97, 0.5, "right"), ("A", 0.5, 0.97, "center")):
+                    ax.text(
+                        x,
+                        y,
+                        text,
+                        transform=ax.transAxes,
+                        ha=ha,
+                        va="center" if text != "A" else "top",
+                        color="yellow",
+                        fontsize=9,
+                        fontweight="bold",
+                    )
         dice_value = case.get("dice")
-        dice_text = f"whole-pancreas Dice {float(dice_value):.3f}" if dice_value is not None and \
-            np.isfinite(float(dice_value)) else "Dice n/a"
+        dice_text = (
+            f"whole-pancreas Dice {float(dice_value):.3f}"
+            if dice_value is not None and np.isfinite(float(dice_value))
+            else "Dice n/a"
+        )
         label = case.get("label", "")
         lesion_px = int((reference[:, :, z] == LESION_LABEL).sum())
         z_file = _file_slice_index(case["reference"], z)
-        axes[row, 0].set_ylabel(f"{case['case_id']}\n{label}: {dice_text}\naxial slice {z_file}"
-                                f"{'' if lesion_px else ' (no lesion)'}", fontsize=9)
-    handles = [Patch(facecolor=PANCREAS_COLOUR, alpha=0.7, label="pancreas"),
-               Patch(facecolor=LESION_COLOUR, alpha=0.7, label="lesion"),
-               Line2D([], [], color="black", linestyle="--", linewidth=0.9,
-                      label="reference pancreas outline (white, on prediction)")]
+        axes[row, 0].set_ylabel(
+            f"{case['case_id']}\n{label}: {dice_text}\naxial slice {z_file}{'' if lesion_px else ' (no lesion)'}",
+            fontsize=9,
+        )
+    handles = [
+        Patch(facecolor=PANCREAS_COLOUR, alpha=0.7, label="pancreas"),
+        Patch(facecolor=LESION_COLOUR, alpha=0.7, label="lesion"),
+        Line2D(
+            [],
+            [],
+            color="black",
+            linestyle="--",
+            linewidth=0.9,
+            label="reference pancreas outline (white, on prediction)",
+        ),
+    ]
     fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False, fontsize=9)
     crop_note = "; cropped around the pancreas" if cropped else ""
-    fig.suptitle(f"Best and worst validation cases: axial slice with the largest reference lesion\n"
-                 f"(radiological view: patient's right on the left, anterior up; CT window L{level:g}/W{width:g} HU"
-                 f"{crop_note})", fontsize=10)
+    fig.suptitle(
+        f"Best and worst validation cases: axial slice with the largest reference lesion\n"
+        f"(radiological view: patient's right on the left, anterior up; CT window L{level:g}/W{width:g} HU"
+        f"{crop_note})",
+        fontsize=10,
+    )
     return _finish(fig, out_png)
 
 
@@ -465,21 +564,36 @@ def plot_benchmark(benchmark: dict, per_case: pd.DataFrame | None, out_png: str 
     rows = [r for r in BENCHMARK_ROW if _number(benchmark, f"{r}_seconds_total") is not None]
     have_per_case = per_case is not None and len(per_case) > 0 and {"case_id", "path", "seconds"} <= set(per_case)
     widths = [1.8, 2.2, 1.5] if have_per_case else [1.8, 1.5]
-    fig, axes = plt.subplots(1, len(widths), figsize=(3.3 * sum(widths) + 1.0, 4.8), width_ratios=widths,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(widths), figsize=(3.3 * sum(widths) + 1.0, 4.8), width_ratios=widths, layout="constrained"
+    )
     ax_total, ax_mem = axes[0], axes[-1]
 
     # total time
     totals = [_number(benchmark, f"{r}_seconds_total") for r in rows]
     bars = ax_total.bar([BENCHMARK_ROW[r].tick for r in rows], totals, color=[_row_colour(r) for r in rows])
     for bar, value in zip(bars, totals):
-        ax_total.annotate(f"{value:.1f} s", (bar.get_x() + bar.get_width() / 2, value), xytext=(0, 3),
-                          textcoords="offset points", ha="center", va="bottom", fontsize=8)
+        ax_total.annotate(
+            f"{value:.1f} s",
+            (bar.get_x() + bar.get_width() / 2, value),
+            xytext=(0, 3),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     colds = [_number(benchmark, f"{r}_cold_seconds") for r in rows]
     if any(c is not None for c in colds):
         xs = [bar.get_x() + bar.get_width() / 2 for bar, c in zip(bars, colds) if c is not None]
-        ax_total.scatter(xs, [c for c in colds if c is not None], marker="_", s=300, color=OKABE_ITO["vermillion"],
-                         zorder=3, label="cold (first pass, from process start)")
+        ax_total.scatter(
+            xs,
+            [c for c in colds if c is not None],
+            marker="_",
+            s=300,
+            color=OKABE_ITO["vermillion"],
+            zorder=3,
+            label="cold (first pass, from process start)",
+        )
         ax_total.legend(frameon=False, fontsize=8, loc="upper right", bbox_to_anchor=(1.0, 0.72))
     speedup = _number(benchmark, "speedup")
     base, opt = _number(benchmark, "baseline_seconds_total"), _number(benchmark, "optimized_seconds_total")
@@ -501,8 +615,16 @@ def plot_benchmark(benchmark: dict, per_case: pd.DataFrame | None, out_png: str 
     if stock_settings is not None:
         notes.append(f"at the stock's settings: {stock_settings:.2f}× faster than baseline")
     if notes:
-        ax_total.text(0.5, 0.97, "\n".join(notes), transform=ax_total.transAxes, ha="center", va="top",
-                      fontsize=9, bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.7"})
+        ax_total.text(
+            0.5,
+            0.97,
+            "\n".join(notes),
+            transform=ax_total.transAxes,
+            ha="center",
+            va="top",
+            fontsize=9,
+            bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.7"},
+        )
     if totals:
         ax_total.set_ylim(0, max(totals + [c for c in colds if c is not None]) * 1.45)
     else:
@@ -523,11 +645,21 @@ def plot_benchmark(benchmark: dict, per_case: pd.DataFrame | None, out_png: str 
         width = 0.8 / max(1, len(case_rows))
         for i, r in enumerate(case_rows):
             known = BENCHMARK_ROW.get(r)
-            ax_case.bar(x + (i - (len(case_rows) - 1) / 2) * width, wide[r].to_numpy(), width,
-                        color=_row_colour(r), label=known.label if known else r)
+            ax_case.bar(
+                x + (i - (len(case_rows) - 1) / 2) * width,
+                wide[r].to_numpy(),
+                width,
+                color=_row_colour(r),
+                label=known.label if known else r,
+            )
         fontsize = 8 if len(wide) <= 20 else 6
-        ax_case.set_xticks(x, list(wide.index), rotation=90 if len(wide) > 6 else 30,
-                           ha="center" if len(wide) > 6 else "right", fontsize=fontsize)
+        ax_case.set_xticks(
+            x,
+            list(wide.index),
+            rotation=90 if len(wide) > 6 else 30,
+            ha="center" if len(wide) > 6 else "right",
+            fontsize=fontsize,
+        )
         if len(wide) > 60:
             ax_case.set_xticks([])
             ax_case.set_xlabel(f"case ({len(wide)} cases)")
@@ -544,8 +676,15 @@ def plot_benchmark(benchmark: dict, per_case: pd.DataFrame | None, out_png: str 
         mem = [_number(benchmark, f"{r}_peak_memory_mb") for r in mem_rows]
         bars = ax_mem.bar([BENCHMARK_ROW[r].tick for r in mem_rows], mem, color=[_row_colour(r) for r in mem_rows])
         for bar, value in zip(bars, mem):
-            ax_mem.annotate(f"{value:,.0f}", (bar.get_x() + bar.get_width() / 2, value), xytext=(0, 3),
-                            textcoords="offset points", ha="center", va="bottom", fontsize=8)
+            ax_mem.annotate(
+                f"{value:,.0f}",
+                (bar.get_x() + bar.get_width() / 2, value),
+                xytext=(0, 3),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
         ax_mem.set_ylim(0, max(mem) * 1.2)
         if all(f"{r}_peak_gpu_mb" in benchmark for r in mem_rows):
             kind = "peak GPU memory"
@@ -556,14 +695,24 @@ def plot_benchmark(benchmark: dict, per_case: pd.DataFrame | None, out_png: str 
         ax_mem.set_ylabel(f"{kind} (MiB)")
         ax_mem.grid(True, axis="y", alpha=0.3)
     else:
-        ax_mem.text(0.5, 0.5, "peak memory\nnot measured", ha="center", va="center", transform=ax_mem.transAxes,
-                    fontsize=10, color="0.4")
+        ax_mem.text(
+            0.5,
+            0.5,
+            "peak memory\nnot measured",
+            ha="center",
+            va="center",
+            transform=ax_mem.transAxes,
+            fontsize=10,
+            color="0.4",
+        )
         ax_mem.set_xticks([])
         ax_mem.set_yticks([])
     ax_mem.set_title("Peak memory", fontsize=11)
 
-    header = [f"setting: {benchmark['setting']}" if benchmark.get("setting") else None,
-              f"device: {benchmark['device']}" if benchmark.get("device") else None]
+    header = [
+        f"setting: {benchmark['setting']}" if benchmark.get("setting") else None,
+        f"device: {benchmark['device']}" if benchmark.get("device") else None,
+    ]
     repeats = _number(benchmark, "repeats")
     if repeats is not None and repeats > 1:
         header.append(f"times: median of {repeats:g} timed runs")
@@ -571,8 +720,10 @@ def plot_benchmark(benchmark: dict, per_case: pd.DataFrame | None, out_png: str 
     agreement = _number(benchmark, "agreement_whole_dice")
     if agreement is not None:
         lowest = _number(benchmark, "agreement_whole_dice_min")
-        extras.append(f"optimized vs baseline masks: whole-pancreas Dice {agreement:.3f}"
-                      + (f" (lowest case {lowest:.3f})" if lowest is not None else ""))
+        extras.append(
+            f"optimized vs baseline masks: whole-pancreas Dice {agreement:.3f}"
+            + (f" (lowest case {lowest:.3f})" if lowest is not None else "")
+        )
     same = _number(benchmark, "same_subtype_fraction")
     if same is not None:
         extras.append(f"same predicted subtype in {100 * same:.0f}% of cases")
@@ -584,29 +735,47 @@ def plot_benchmark(benchmark: dict, per_case: pd.DataFrame | None, out_png: str 
     return _finish(fig, out_png)
 
 
-def plot_learning_summary(summary: Mapping, path: str | Path, targets: Mapping[str, float] | None = None,
-                          minutes_target: float | None = learning.TARGET_MINUTES) -> Path:
+def plot_learning_summary(
+    summary: Mapping,
+    path: str | Path,
+    targets: Mapping[str, float] | None = None,
+    minutes_target: float | None = learning.TARGET_MINUTES,
+) -> Path:
     """Metrics per seed (dots, mean tick, dashed targets) beside minutes per run (bars, the time budget)."""
     targets = learning.DEFAULT_TARGETS if targets is None else targets
     runs = list(summary.get("runs") or [])
     ok = [r for r in runs if r.get("status", "ok") == "ok"]
     seeds = [r["seed"] for r in runs]
-    palette = [OKABE_ITO[c] for c in ("blue", "orange", "bluish_green", "reddish_purple", "sky_blue",
-                                            "vermillion", "yellow", "black")]
+    palette = [
+        OKABE_ITO[c]
+        for c in ("blue", "orange", "bluish_green", "reddish_purple", "sky_blue", "vermillion", "yellow", "black")
+    ]
     colour = {s: palette[i % len(palette)] for i, s in enumerate(seeds)}
 
     # the headline metrics, each followed by its variants the runs report (e.g. *_without_prior)
     columns: list[tuple[str, Callable[[Mapping], float | None], float | None]] = []
     metric_keys = list(summary.get("aggregate_metrics") or {})
     for field, key in learning.HEADLINE_METRICS.items():
-        columns.append((learning.HEADLINE_LABELS[field], lambda r, f=field: learning.finite_number(r.get(f)), targets.get(field)))
+        columns.append(
+            (learning.HEADLINE_LABELS[field], lambda r, f=field: learning.finite_number(r.get(f)), targets.get(field))
+        )
         for variant in (k for k in metric_keys if k.startswith(key + "_")):
-            suffix = variant[len(key) + 1:].replace("_", " ")
-            columns.append((f"{learning.HEADLINE_LABELS[field]}\n({suffix})",
-                            lambda r, k=variant: learning.finite_number((r.get("metrics") or {}).get(k)), targets.get(field)))
+            suffix = variant[len(key) + 1 :].replace("_", " ")
+            columns.append(
+                (
+                    f"{learning.HEADLINE_LABELS[field]}\n({suffix})",
+                    lambda r, k=variant: learning.finite_number((r.get("metrics") or {}).get(k)),
+                    targets.get(field),
+                )
+            )
 
-    fig, (ax_m, ax_t) = plt.subplots(1, 2, figsize=(max(8.5, 2.0 * len(columns) + 4.5), 4.8),
-                                     width_ratios=[max(2.0, len(columns) * 0.9), 1.4], layout="constrained")
+    fig, (ax_m, ax_t) = plt.subplots(
+        1,
+        2,
+        figsize=(max(8.5, 2.0 * len(columns) + 4.5), 4.8),
+        width_ratios=[max(2.0, len(columns) * 0.9), 1.4],
+        layout="constrained",
+    )
     n_ok = max(1, len(ok))
     offsets = [0.0] if n_ok == 1 else [-0.18 + 0.36 * i / (n_ok - 1) for i in range(n_ok)]
     target_drawn = mean_drawn = False
@@ -615,20 +784,49 @@ def plot_learning_summary(summary: Mapping, path: str | Path, targets: Mapping[s
         for dx, run, value in zip(offsets, ok, values):
             if value is None:
                 continue
-            ax_m.scatter(x + dx, value, s=40, color=colour[run["seed"]], edgecolor="white", linewidth=0.6, zorder=3,
-                         label=f"seed {run['seed']}")
-            ax_m.annotate(str(run["seed"]), (x + dx, value), xytext=(4, 2), textcoords="offset points", fontsize=7,
-                          color=colour[run["seed"]])
+            ax_m.scatter(
+                x + dx,
+                value,
+                s=40,
+                color=colour[run["seed"]],
+                edgecolor="white",
+                linewidth=0.6,
+                zorder=3,
+                label=f"seed {run['seed']}",
+            )
+            ax_m.annotate(
+                str(run["seed"]),
+                (x + dx, value),
+                xytext=(4, 2),
+                textcoords="offset points",
+                fontsize=7,
+                color=colour[run["seed"]],
+            )
         defined = [v for v in values if v is not None]
         if defined:
             mean = statistics.fmean(defined)
-            ax_m.hlines(mean, x - 0.28, x + 0.28, color=OKABE_ITO["black"], linewidth=2, zorder=2,
-                        label=None if mean_drawn else "mean over runs")
+            ax_m.hlines(
+                mean,
+                x - 0.28,
+                x + 0.28,
+                color=OKABE_ITO["black"],
+                linewidth=2,
+                zorder=2,
+                label=None if mean_drawn else "mean over runs",
+            )
             ax_m.annotate(f"{mean:.3f}", (x + 0.28, mean), xytext=(2, -3), textcoords="offset points", fontsize=7)
             mean_drawn = True
         if target is not None:
-            ax_m.hlines(target, x - 0.4, x + 0.4, color=OKABE_ITO["vermillion"], linestyle="--", linewidth=1.2,
-                        zorder=1, label=None if target_drawn else "target")
+            ax_m.hlines(
+                target,
+                x - 0.4,
+                x + 0.4,
+                color=OKABE_ITO["vermillion"],
+                linestyle="--",
+                linewidth=1.2,
+                zorder=1,
+                label=None if target_drawn else "target",
+            )
             target_drawn = True
     ax_m.set_xticks(range(len(columns)), [c[0] for c in columns], fontsize=9)
     ax_m.set_xlim(-0.6, len(columns) - 0.4)
@@ -645,20 +843,35 @@ def plot_learning_summary(summary: Mapping, path: str | Path, targets: Mapping[s
     # minutes per run (failed runs hatched grey)
     xs = range(len(runs))
     minutes = [learning.finite_number(r.get("minutes")) or 0.0 for r in runs]
-    bars = ax_t.bar(xs, minutes, color=[colour[r["seed"]] if r.get("status", "ok") == "ok"
-                                        else OKABE_ITO["grey"] for r in runs])
+    bars = ax_t.bar(
+        xs, minutes, color=[colour[r["seed"]] if r.get("status", "ok") == "ok" else OKABE_ITO["grey"] for r in runs]
+    )
     for bar, run, value in zip(bars, runs, minutes):
         failed = run.get("status", "ok") != "ok"
         if failed:
             bar.set_hatch("//")
-        ax_t.annotate(f"{value:.1f}" + (" failed" if failed else ""),
-                      (bar.get_x() + bar.get_width() / 2, value), xytext=(0, 3), textcoords="offset points",
-                      ha="center", va="bottom", fontsize=8)
+        ax_t.annotate(
+            f"{value:.1f}" + (" failed" if failed else ""),
+            (bar.get_x() + bar.get_width() / 2, value),
+            xytext=(0, 3),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     top = max(minutes, default=0.0)
     if minutes_target is not None:
         ax_t.axhline(minutes_target, color=OKABE_ITO["vermillion"], linestyle="--", linewidth=1.2)
-        ax_t.text(0.99, minutes_target, f"{minutes_target:g} min", transform=ax_t.get_yaxis_transform(),
-                  ha="right", va="bottom", fontsize=8, color=OKABE_ITO["vermillion"])
+        ax_t.text(
+            0.99,
+            minutes_target,
+            f"{minutes_target:g} min",
+            transform=ax_t.get_yaxis_transform(),
+            ha="right",
+            va="bottom",
+            fontsize=8,
+            color=OKABE_ITO["vermillion"],
+        )
         top = max(top, minutes_target)
     ax_t.set_ylim(0, top * 1.2 if top > 0 else 1.0)
     ax_t.set_xticks(list(xs), [f"seed {s}" for s in seeds], fontsize=9)

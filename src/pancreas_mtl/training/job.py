@@ -50,8 +50,12 @@ def train_and_publish(
     returns the work folder. ``inputs``: the files the training reads, by name, for its identity."""
     fold_folder = training_fold_folder(folders, model_fold_folder)
     identity = work_folder.training_identity(
-        settings, trainer=model.trainer, plans_name=model.plans_name, configuration=model.configuration,
-        fold=model.fold, inputs=inputs,
+        settings,
+        trainer=model.trainer,
+        plans_name=model.plans_name,
+        configuration=model.configuration,
+        fold=model.fold,
+        inputs=inputs,
     )
     work_folder.prepare(fold_folder, identity)
     number, _ = work_folder.begin_attempt(fold_folder, rule_log)
@@ -61,8 +65,14 @@ def train_and_publish(
         work_folder.clear_stop_record(fold_folder)
         try:
             train_stage(
-                folders, model, settings, fold_folder / "training_settings.json", device=device, num_gpus=num_gpus,
-                data_augmentation_workers=data_augmentation_workers, wandb=wandb,
+                folders,
+                model,
+                settings,
+                fold_folder / "training_settings.json",
+                device=device,
+                num_gpus=num_gpus,
+                data_augmentation_workers=data_augmentation_workers,
+                wandb=wandb,
             )
         except CommandFailed as failure:
             stop = work_folder.read_stop_record(fold_folder)
@@ -79,4 +89,3 @@ def train_and_publish(
     work_folder.publish(fold_folder, model_fold_folder, checkpoints)
     log.info("attempt %d finished the training", number)
     return fold_folder
-

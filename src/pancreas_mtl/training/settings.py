@@ -19,8 +19,14 @@ SETTINGS_ENV = "PANCREAS_MTL_TRAINING_SETTINGS"
 STAGES = ("stage1", "stage2")
 # Multi-task settings that only stage 2 has in the config; stage 1 runs without them.
 STAGE2_ONLY = (
-    "head_lr_factor", "head_dropout", "classification_loss", "focal_gamma", "class_weighting",
-    "classification_loss_weight", "classification_warmup_epochs", "min_lesion_voxels_for_subtype",
+    "head_lr_factor",
+    "head_dropout",
+    "classification_loss",
+    "focal_gamma",
+    "class_weighting",
+    "classification_loss_weight",
+    "classification_warmup_epochs",
+    "min_lesion_voxels_for_subtype",
 )
 
 

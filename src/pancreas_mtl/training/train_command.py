@@ -73,8 +73,17 @@ def train_stage(
         settings = replace(settings, compile=device == "cuda")
     settings = replace(settings, final_validation=False)
     return _run_train_command(
-        folders.for_training(), model, ["--c"], settings, settings_file, device, num_gpus,
-        data_augmentation_workers, wandb, "training", graceful_stop=True,
+        folders.for_training(),
+        model,
+        ["--c"],
+        settings,
+        settings_file,
+        device,
+        num_gpus,
+        data_augmentation_workers,
+        wandb,
+        "training",
+        graceful_stop=True,
     )
 
 
@@ -91,14 +100,32 @@ def validate_stage(
     checkpoint_final.pth and writes ``fold_N/validation/`` beside it, uncompiled and without W&B."""
     settings = replace(settings, compile=False, final_validation=True)
     return _run_train_command(
-        folders, model, ["--val"], settings, settings_file, resolve_device(device), num_gpus, workers,
-        {"enabled": False, "mode": "offline", "project": ""}, "final validation", graceful_stop=False,
+        folders,
+        model,
+        ["--val"],
+        settings,
+        settings_file,
+        resolve_device(device),
+        num_gpus,
+        workers,
+        {"enabled": False, "mode": "offline", "project": ""},
+        "final validation",
+        graceful_stop=False,
     )
 
 
 def _run_train_command(
-    folders: NnunetFolders, model: ModelFold, mode_args: list[str], settings: TrainingSettings,
-    settings_file: str | Path, device: str, num_gpus: int, workers: int, wandb: dict, what: str, graceful_stop: bool,
+    folders: NnunetFolders,
+    model: ModelFold,
+    mode_args: list[str],
+    settings: TrainingSettings,
+    settings_file: str | Path,
+    device: str,
+    num_gpus: int,
+    workers: int,
+    wandb: dict,
+    what: str,
+    graceful_stop: bool,
 ) -> float:
     settings.write(settings_file)
     args = ["nnUNetv2_train", *model.train_arguments(), "-device", device, *mode_args]
@@ -117,8 +144,17 @@ def _run_train_command(
     start = time.perf_counter()
     run_nnunet_command(args, folders.environment(**extra), f"nnUNetv2_train {model.trainer}", graceful_stop)
     seconds = time.perf_counter() - start
-    log.info("%s of %s fold %s on %s (%d GPU(s), %d workers each, compile %s) took %.1f s", what, model.trainer,
-             model.fold, device, num_gpus, workers, settings.compile, seconds)
+    log.info(
+        "%s of %s fold %s on %s (%d GPU(s), %d workers each, compile %s) took %.1f s",
+        what,
+        model.trainer,
+        model.fold,
+        device,
+        num_gpus,
+        workers,
+        settings.compile,
+        seconds,
+    )
     return seconds
 
 

@@ -180,8 +180,10 @@ class SideChannelLogger:
                 return attribute(*args, **kwargs)
             except Exception as error:
                 self.failed = True
-                self.report(f"{type(self.logger).__name__} stopped logging ({type(error).__name__}: {error}); the "
-                            "training goes on, and nnU-Net's own log keeps every value")
+                self.report(
+                    f"{type(self.logger).__name__} stopped logging ({type(error).__name__}: {error}); the "
+                    "training goes on, and nnU-Net's own log keeps every value"
+                )
                 return None
 
         return guarded
@@ -240,7 +242,12 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
     selection_scores: tuple[str, ...] = ("combined",)
 
     def __init__(
-        self, plans: dict, configuration: str, fold: int, dataset_json: dict, device: torch.device = torch.device("cuda")
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),
     ):
         if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
             # nnU-Net builds its W&B logger on every rank (MetaLogger, in its __init__): two ranks would write one
@@ -283,7 +290,9 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
     # ------------------------------------------------------------------ settings hooks
     def _extra_log_keys(self) -> list[str]:
         return [FULL_VALIDATION_LOG_KEYS[k] for k in ("whole_dice", "lesion_dice", "combined")] + [
-            "train_lesion_patch_share", ITERATION_SECONDS_KEY, DATA_WAIT_SHARE_KEY,
+            "train_lesion_patch_share",
+            ITERATION_SECONDS_KEY,
+            DATA_WAIT_SHARE_KEY,
         ]
 
     def _set_batch_size_and_oversample(self):
@@ -388,6 +397,7 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
     def on_device(self, batch: dict) -> dict:
         """The batch's data and target (a tensor, or a list under deep supervision) moved to the training device, as
         nnU-Net's ``train_step`` moves them (it moves them again there, a no-op then)."""
+
         def move(tensor: torch.Tensor) -> torch.Tensor:
             return tensor.to(self.device, non_blocking=True)
 
@@ -480,8 +490,13 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
             device=self.device,
         )
         predictor.manual_initialization(
-            self.plain_network(), self.plans_manager, self.configuration_manager, None, self.dataset_json,
-            self.__class__.__name__, self.inference_allowed_mirroring_axes,
+            self.plain_network(),
+            self.plans_manager,
+            self.configuration_manager,
+            None,
+            self.dataset_json,
+            self.__class__.__name__,
+            self.inference_allowed_mirroring_axes,
         )
         # With nnUNet_compile set, nnU-Net's manual_initialization compiles what it is given, again in every round:
         # the validation runs on the plain network (compiling is lazy, so nothing was compiled yet)
@@ -492,7 +507,7 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
         """This rank's share of the validation cases (every case without DDP), as nnU-Net's final validation
         shards them."""
         _, val_keys = self.do_split()
-        return list(val_keys)[self.local_rank::world_size()]
+        return list(val_keys)[self.local_rank :: world_size()]
 
     def predict_validation_cases(self) -> dict[str, ValidationCase]:
         """Predicted labels (preprocessed space), class probabilities (None in stage 1) and reference labels of
@@ -503,7 +518,8 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
         self.set_deep_supervision_enabled(False)
         val_keys = self.validation_keys()
         dataset = self.dataset_class(
-            self.preprocessed_dataset_folder, val_keys,
+            self.preprocessed_dataset_folder,
+            val_keys,
             folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage,
         )
         predictor = self.validation_predictor()
@@ -519,8 +535,10 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
                 except torch.cuda.OutOfMemoryError:
                     # as nnU-Net's predictor falls back for its sliding window: a volume too large for the device
                     # goes the CPU way, where an error would end the training (and under DDP every rank's)
-                    self.print_to_log_file(f"{key}: out of device memory in the full validation's softmax and "
-                                           "argmax; computing them on the CPU")
+                    self.print_to_log_file(
+                        f"{key}: out of device memory in the full validation's softmax and "
+                        "argmax; computing them on the CPU"
+                    )
                     logits = logits.cpu()
                     torch.cuda.empty_cache()
                     labels, lesion = self._validation_labels(logits, threshold is not None)
@@ -623,7 +641,8 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
         """``filename`` if torch can load it, else the newest readable fallback (checkpoint_latest.pth, then
         checkpoint_latest.previous.pth), named in one log line; an error when there is none."""
         candidates = [filename] + [
-            str(Path(self.output_folder, name)) for name in (LATEST_CHECKPOINT, PREVIOUS_CHECKPOINT)
+            str(Path(self.output_folder, name))
+            for name in (LATEST_CHECKPOINT, PREVIOUS_CHECKPOINT)
             if Path(self.output_folder, name) != Path(filename)
         ]
         problem = None
@@ -651,8 +670,11 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
         # The best scores so far are in the per-epoch log the checkpoint restored (NaN: no full validation).
         logged = self.logger.local_logger.my_fantastic_logging
         history = [
-            {score: logged[key][epoch] for score, key in FULL_VALIDATION_LOG_KEYS.items()
-             if key in logged and epoch < len(logged[key]) and not math.isnan(logged[key][epoch])}
+            {
+                score: logged[key][epoch]
+                for score, key in FULL_VALIDATION_LOG_KEYS.items()
+                if key in logged and epoch < len(logged[key]) and not math.isnan(logged[key][epoch])
+            }
             for epoch in range(self.current_epoch)
         ]
         self.checkpoint_selector.restore(history)
@@ -664,7 +686,11 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
             epoch = saved_epoch(path)
             if epoch is None or epoch > self.current_epoch:
                 if path.is_file() and self.local_rank == 0:
-                    why = "unreadable" if epoch is None else f"saved at epoch {epoch}, after the resumed {self.current_epoch}"
+                    why = (
+                        "unreadable"
+                        if epoch is None
+                        else f"saved at epoch {epoch}, after the resumed {self.current_epoch}"
+                    )
                     self.print_to_log_file(f"removing {path.name} ({why})")
                     path.unlink(missing_ok=True)
                 self.checkpoint_selector.best[score] = -math.inf
@@ -691,26 +717,43 @@ class nnUNetTrainerPancreasMultiTask(nnUNetTrainerPancreasSeg):
     head_variant = "roi_attention"
 
     def __init__(
-        self, plans: dict, configuration: str, fold: int, dataset_json: dict, device: torch.device = torch.device("cuda")
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),
     ):
         super().__init__(plans, configuration, fold, dataset_json, device)
 
     def _extra_log_keys(self) -> list[str]:
         return super()._extra_log_keys() + [
-            FULL_VALIDATION_LOG_KEYS["macro_f1"], "train_seg_loss", "train_cls_loss", "cls_loss_weight",
+            FULL_VALIDATION_LOG_KEYS["macro_f1"],
+            "train_seg_loss",
+            "train_cls_loss",
+            "cls_loss_weight",
             "train_subtype_patch_share",
         ]
 
     @classmethod
     def build_network_architecture(
-        cls, plans_manager, configuration_manager, num_input_channels, num_output_channels,
+        cls,
+        plans_manager,
+        configuration_manager,
+        num_input_channels,
+        num_output_channels,
         enable_deep_supervision: bool = True,
     ) -> nn.Module:
         # Dropout is a training setting; prediction rebuilds the network without settings (dropout is off in eval).
         settings = TrainingSettings.from_environment(required=False)
         return build_multitask_network(
-            plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision,
-            head_variant=cls.head_variant, num_classes=NUM_SUBTYPES,
+            plans_manager,
+            configuration_manager,
+            num_input_channels,
+            num_output_channels,
+            enable_deep_supervision,
+            head_variant=cls.head_variant,
+            num_classes=NUM_SUBTYPES,
             dropout=settings.head_dropout if settings is not None else 0.0,
         )
 
@@ -762,7 +805,8 @@ class nnUNetTrainerPancreasMultiTask(nnUNetTrainerPancreasSeg):
                 {"params": shared_params, "lr": self.initial_lr},
                 {"params": head_params, "lr": self.initial_lr * self.settings.head_lr_factor},
             ],
-            self.initial_lr, weight_decay=self.weight_decay,
+            self.initial_lr,
+            weight_decay=self.weight_decay,
         )
         return optimizer, PolyLRPerParamGroup(optimizer, self.num_epochs)
 
@@ -818,7 +862,8 @@ class nnUNetTrainerPancreasMultiTask(nnUNetTrainerPancreasSeg):
         self.logger.log("train_cls_loss", float(np.mean([o["cls_loss"] for o in train_outputs])), self.current_epoch)
         self.logger.log("cls_loss_weight", self.classification_loss_weight(), self.current_epoch)
         self.logger.log(
-            "train_subtype_patch_share", float(np.mean([o["subtype_patch_share"] for o in train_outputs])),
+            "train_subtype_patch_share",
+            float(np.mean([o["subtype_patch_share"] for o in train_outputs])),
             self.current_epoch,
         )
 

@@ -69,7 +69,12 @@ def file_digest(path: str | Path) -> str:
 
 
 def training_identity(
-    settings: TrainingSettings, *, trainer: str, plans_name: str, configuration: str, fold: int | str,
+    settings: TrainingSettings,
+    *,
+    trainer: str,
+    plans_name: str,
+    configuration: str,
+    fold: int | str,
     inputs: dict[str, str | Path],
 ) -> dict:
     """What makes two attempts the same training: everything but the run-only settings, with file contents
@@ -83,8 +88,12 @@ def training_identity(
     for name in RUN_ONLY_SETTINGS:
         values.pop(name, None)
     return {
-        "trainer": trainer, "plans": plans_name, "configuration": configuration, "fold": str(fold),
-        "settings": values, "inputs": {name: file_digest(path) for name, path in sorted(files.items())},
+        "trainer": trainer,
+        "plans": plans_name,
+        "configuration": configuration,
+        "fold": str(fold),
+        "settings": values,
+        "inputs": {name: file_digest(path) for name, path in sorted(files.items())},
     }
 
 
@@ -142,14 +151,18 @@ def prepare(fold_folder: str | Path, identity: dict) -> Path | None:
             fold_folder.rename(moved)
             log.warning(
                 "the work folder %s held another training (it differs in %s): kept as %s (delete it when it is no "
-                "longer needed); this one starts afresh", fold_folder, ", ".join(differences), moved,
+                "longer needed); this one starts afresh",
+                fold_folder,
+                ", ".join(differences),
+                moved,
             )
     elif fold_folder.is_dir() and any(fold_folder.iterdir()):
         # written before identities were recorded: nothing says which training it was, so it is not resumed
         moved = fold_folder.with_name(f"{fold_folder.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
         fold_folder.rename(moved)
-        log.warning("the work folder %s has no %s: kept as %s; this training starts afresh", fold_folder,
-                    IDENTITY_FILE, moved)
+        log.warning(
+            "the work folder %s has no %s: kept as %s; this training starts afresh", fold_folder, IDENTITY_FILE, moved
+        )
     fold_folder.mkdir(parents=True, exist_ok=True)
     identity_file.write_text(json.dumps(identity, indent=2))
     return moved
@@ -187,8 +200,12 @@ def begin_attempt(fold_folder: str | Path, rule_log: str | Path | None) -> tuple
 # ------------------------------------------------------------------------------------------------ stopping
 def write_stop_record(fold_folder: str | Path, signal_name: str, epoch: int) -> Path:
     path = Path(fold_folder) / STOP_RECORD
-    record = {"signal": signal_name, "epoch": epoch, "checkpoint": LATEST_CHECKPOINT,
-              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    record = {
+        "signal": signal_name,
+        "epoch": epoch,
+        "checkpoint": LATEST_CHECKPOINT,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     path.write_text(json.dumps(record, indent=2))
     return path
 
