@@ -1,4 +1,4 @@
-"""The workflow's static checks: Snakemake lint, snakefmt, a dry-run of the DAG, README/CI agreement."""
+"""The workflow's static checks: Snakemake lint, snakefmt, ruff, a dry-run of the DAG, README/CI agreement."""
 
 import re
 import subprocess
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.workflow_helpers import REPO, copy_workflow, run_snakemake
+
 
 @pytest.fixture
 def workflow_copy(tmp_path) -> Path:
@@ -20,7 +21,9 @@ SNAKEMAKE_FILES = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glo
 def readme_commands() -> list[str]:
     """Shell commands of the README's fenced bash blocks, in order."""
     blocks = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
-    return [line.strip() for block in blocks for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    return [
+        line.strip() for block in blocks for line in block.splitlines() if line.strip() and not line.startswith("#")
+    ]
 
 
 def test_ci_runs_the_readme_test_command():
@@ -48,6 +51,17 @@ def test_snakefmt_check():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+PYTHON_TREES = [str(REPO / tree) for tree in ("src", "tests", "workflow/scripts")]
+
+
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["check", "format"])
+def test_ruff_is_clean(command):
+    """ruff, configured in pyproject.toml: the lint rules that never change behaviour, and its formatting."""
+    ruff = Path(sys.executable).parent / "ruff"
+    result = subprocess.run([str(ruff), *command, *PYTHON_TREES], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_dry_run_of_the_default_config_plans_the_whole_dag(workflow_copy):
     result = run_snakemake(workflow_copy, "-n", "--cores", "2")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -64,7 +78,11 @@ def test_a_bad_config_value_stops_the_workflow_with_a_clear_message(workflow_cop
 
 def test_folder_source_tracks_every_quiz_file(workflow_copy, tmp_path):
     quiz = tmp_path / "quiz"
-    for rel in ["train/subtype0/quiz_0_001_0000.nii.gz", "train/subtype0/quiz_0_001.nii.gz", "test/quiz_002_0000.nii.gz"]:
+    for rel in [
+        "train/subtype0/quiz_0_001_0000.nii.gz",
+        "train/subtype0/quiz_0_001.nii.gz",
+        "test/quiz_002_0000.nii.gz",
+    ]:
         (quiz / rel).parent.mkdir(parents=True, exist_ok=True)
         (quiz / rel).write_bytes(b"")
     result = run_snakemake(

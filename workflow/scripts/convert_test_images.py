@@ -6,11 +6,11 @@ from pancreas_mtl.script_logging import run_logged
 
 
 def main():
-    smk = snakemake  # noqa: F821 - injected by Snakemake
+    smk = snakemake
     convert_test_images(smk.params.quiz_dir, smk.output.images, smk.output.test_cases, n_workers=smk.threads)
 
 
 # The guard keeps a worker process from re-running the conversion should it ever re-import this script as
 # __mp_main__ (spawn start method); the pools themselves use fork where available.
 if __name__ == "__main__":
-    run_logged(main, snakemake.log[0])  # noqa: F821
+    run_logged(main, snakemake.log[0])

@@ -13,7 +13,7 @@ from pancreas_mtl.script_logging import run_logged
 
 
 def main():
-    smk = snakemake  # noqa: F821 - injected by Snakemake
+    smk = snakemake
     evaluate_validation_predictions(
         smk.input.predictions,
         smk.input.case_table,
@@ -29,4 +29,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_logged(main, snakemake.log[0])  # noqa: F821
+    run_logged(main, snakemake.log[0])

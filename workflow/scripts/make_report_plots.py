@@ -9,7 +9,7 @@ from pancreas_mtl.script_logging import run_logged
 
 
 def main():
-    inp, out = snakemake.input, snakemake.output  # noqa: F821 - injected by Snakemake
+    inp, out = snakemake.input, snakemake.output
     make_report_figures(
         stage1_checkpoint=inp.stage1_checkpoint,
         stage2_checkpoint=inp.stage2_checkpoint,
@@ -28,4 +28,4 @@ def main():
     )
 
 
-run_logged(main, snakemake.log[0])  # noqa: F821
+run_logged(main, snakemake.log[0])

@@ -14,7 +14,7 @@ def _preset(smk) -> str:
 
 
 def main():
-    smk = snakemake  # noqa: F821 - injected by Snakemake
+    smk = snakemake
     make_synthetic_quiz(
         smk.output.quiz_dir,
         seed=smk.params.seed,
@@ -24,4 +24,4 @@ def main():
     )
 
 
-run_logged(main, snakemake.log[0])  # noqa: F821
+run_logged(main, snakemake.log[0])

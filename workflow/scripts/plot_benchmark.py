@@ -5,7 +5,7 @@ from pancreas_mtl.script_logging import run_logged
 
 
 def main():
-    plot_benchmark_files(snakemake.input.summary, snakemake.input.per_case, snakemake.output.chart)  # noqa: F821
+    plot_benchmark_files(snakemake.input.summary, snakemake.input.per_case, snakemake.output.chart)
 
 
-run_logged(main, snakemake.log[0])  # noqa: F821
+run_logged(main, snakemake.log[0])

@@ -3,8 +3,8 @@ from pancreas_mtl.script_logging import run_logged
 
 
 def main():
-    smk = snakemake  # noqa: F821 - injected by Snakemake
+    smk = snakemake
     make_submission_zip(smk.input.subtypes, smk.input.predictions, smk.output.archive)
 
 
-run_logged(main, snakemake.log[0])  # noqa: F821
+run_logged(main, snakemake.log[0])

@@ -12,9 +12,9 @@ from pancreas_mtl.script_logging import run_logged
 
 
 def main():
-    predictions = snakemake.input.predictions  # noqa: F821 - injected by Snakemake
-    write_subtype_results(read_class_probabilities(predictions), snakemake.output.subtypes)  # noqa: F821
-    shutil.copyfile(class_probabilities_path(predictions), snakemake.output.probabilities)  # noqa: F821
+    predictions = snakemake.input.predictions
+    write_subtype_results(read_class_probabilities(predictions), snakemake.output.subtypes)
+    shutil.copyfile(class_probabilities_path(predictions), snakemake.output.probabilities)
 
 
-run_logged(main, snakemake.log[0])  # noqa: F821
+run_logged(main, snakemake.log[0])

@@ -17,9 +17,9 @@ Six rows, each in a fresh Python process on the same cases with the same model (
 
 Each row reports a **cold** time - from the launch of its process (interpreter, imports, model loading, worker
 pools) to the last file of its first pass (``first_case_cold_seconds``: to its first file); the bounds leave out
-their untimed preparation (preprocessing the volumes) - and a **warm** time, the median of ``repeats`` further passes (``{row}_seconds_total``). Per case it
-splits the work into preprocessing, compute and export where it can measure them (``per_case.csv``, whose
-``seconds`` column is the compute).
+their untimed preparation (preprocessing the volumes) - and a **warm** time, the median of ``repeats`` further
+passes (``{row}_seconds_total``). Per case it splits the work into preprocessing, compute and export where it
+can measure them (``per_case.csv``, whose ``seconds`` column is the compute).
 
 ``speedup`` = row 2 / row 4; ``optimized_over_one_pass`` = row 4 / row 5; ``optimized_over_end_to_end_bound`` =
 row 4 / row 6, all warm.

@@ -103,12 +103,12 @@ def _load_fully(path: Path, rel: str, problems: list[str]):
     """(image, data) with the voxel data read completely, or (None, None) after adding a problem."""
     try:
         _verify_gzip_stream(path)
-    except Exception as err:  # noqa: BLE001 - any failure means the file cannot be used
+    except Exception as err:
         problems.append(f"{rel}: unreadable, truncated or corrupt file ({_describe(err)})")
         return None, None
     try:
         img = nib.load(str(path))
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         problems.append(f"{rel}: not a readable NIfTI file ({_describe(err)})")
         return None, None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
@@ -119,7 +119,7 @@ def _load_fully(path: Path, rel: str, problems: list[str]):
         return None, None
     try:
         data = np.asanyarray(img.dataobj)
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         problems.append(f"{rel}: truncated or corrupt voxel data ({_describe(err)})")
         return None, None
     return img, data.reshape(spatial_shape(img.shape))
