@@ -23,6 +23,7 @@ BaseLoader), which the schema's ``integer`` refuses. Config files are merged rec
 
 from __future__ import annotations
 
+import argparse
 import copy
 import datetime as _dt
 import hashlib
@@ -431,3 +432,124 @@ def run_seed(
 
 def fmt_number(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+# ------------------------------------------------------------------------------------------ command line
+def parse_args(argv, usage: str) -> argparse.Namespace:
+    """The command line's arguments; ``usage`` (the script's docstring) is its help text."""
+    parser = argparse.ArgumentParser(
+        description=usage.split("\n\n")[0],
+        epilog=usage.split("\n\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[1, 2, 3], help="one run per seed, in this order (default: 1 2 3)"
+    )
+    parser.add_argument("--cores", default="all", help="snakemake --cores of each run (default: all)")
+    parser.add_argument(
+        "--configfile",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="extra Snakemake config files for every run (merged over config/config.yaml)",
+    )
+    parser.add_argument(
+        "--config",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config values for every run; dotted keys (training.stage1.num_epochs=5), values read as YAML",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: <repository>/results/benchmark/learning)"
+    )
+    parser.add_argument(
+        "--snakemake",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the snakemake executable (default: the one beside this Python, else PATH)",
+    )
+    parser.add_argument(
+        "--seed-key",
+        default=DEFAULT_SEED_KEY,
+        help=f"config key the seed is written to (default: {DEFAULT_SEED_KEY})",
+    )
+    parser.add_argument("--no-reuse", action="store_true", help="run every seed again, ignoring result.json")
+    return parser.parse_args(argv)
+
+
+def describe_run(record: dict) -> str:
+    if record.get("status") != "ok":
+        return f"FAILED ({record.get('error')}) after {record['minutes']:.1f} min; log: {record.get('log')}"
+    return (
+        f"whole Dice {fmt_number(record['whole_dice'])}, lesion Dice {fmt_number(record['lesion_dice'])}, "
+        f"macro-F1 {fmt_number(record['macro_f1'])}, {record['minutes']:.1f} min"
+        + (" (reused)" if record.get("reused") else "")
+    )
+
+
+def main(argv, *, usage: str, script_repo: Path, plot: Callable) -> int:
+    """The command line of ``workflow/scripts/benchmark_learning.py`` (``usage``, the checkout it lies in), which
+    hands in ``plot``, the report's figure of the summary; returns the exit code."""
+    args = parse_args(argv, usage)
+    if len(set(args.seeds)) != len(args.seeds):
+        raise UserInputError(f"--seeds {args.seeds}: each seed once")
+    root = find_repo_root(script_repo)
+    commit = head_commit(root)
+    dirty = uncommitted_changes(root)
+    if dirty:
+        shown = "\n".join(f"    {line}" for line in dirty[:20]) + ("\n    ..." if len(dirty) > 20 else "")
+        print(
+            f"warning: {len(dirty)} uncommitted change(s) in {root} are NOT measured "
+            f"(the runs use the committed tree at {commit[:8]}):\n{shown}",
+            file=sys.stderr,
+            flush=True,
+        )
+    snakemake = args.snakemake.resolve() if args.snakemake else default_snakemake()
+    if not snakemake.is_file():
+        raise UserInputError(f"--snakemake {snakemake}: no such file")
+    overrides = config_overrides(args.config, args.configfile, args.seed_key)
+    out = (args.out if args.out is not None else root / "results" / "benchmark" / "learning").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"learning benchmark of commit {commit[:8]} ({root}): seeds {args.seeds}, output {out}", flush=True)
+
+    records = []
+    for i, seed in enumerate(args.seeds, start=1):
+        print(f"run {i}/{len(args.seeds)} (seed {seed}) ...", flush=True)
+        record = run_seed(
+            seed,
+            repo_root=root,
+            out_dir=out,
+            snakemake=snakemake,
+            cores=args.cores,
+            overrides=overrides,
+            commit=commit,
+            reuse=not args.no_reuse,
+            echo=lambda line: print(line, flush=True),
+        )
+        print(f"run {i}/{len(args.seeds)} (seed {seed}): {describe_run(record)}", flush=True)
+        if record.get("status") != "ok" and record.get("log_tail"):
+            print(
+                "  last lines of the log:\n" + "\n".join(f"  | {line}" for line in record["log_tail"].splitlines()),
+                flush=True,
+            )
+        records.append(record)
+
+    summary = summarise_runs(records, seeds=args.seeds, commit=commit, config_overrides=overrides)
+    write_json(out / "summary.json", summary)
+    plot(summary, out / "summary.png", DEFAULT_TARGETS)
+    for field in AGGREGATE_FIELDS:
+        stats = summary["aggregate"][field]
+        print(
+            f"{field}: mean {fmt_number(stats['mean'])}, min {fmt_number(stats['min'])}, "
+            f"max {fmt_number(stats['max'])} over {stats['n']} run(s)",
+            flush=True,
+        )
+    print(f"wrote {out / 'summary.json'} and {out / 'summary.png'}", flush=True)
+    if summary["failed_seeds"]:
+        print(f"failed seeds: {summary['failed_seeds']} (logs under {out / 'runs'})", file=sys.stderr, flush=True)
+        return 1
+    return 0
