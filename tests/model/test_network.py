@@ -21,6 +21,7 @@ from pancreas_mtl.model.network import (
     resolve_arch_class_name,
     strip_state_dict_prefixes,
 )
+from tests import nnunet_plans
 
 torch.set_num_threads(2)
 
@@ -50,48 +51,18 @@ def _arch_kwargs(unet: str) -> dict:
 
 
 def _plans(unet: str = "ResidualEncoderUNet") -> dict:
-    # Layout as written by nnU-Net 2.8's planners (network_class_name = UNet_class.__module__ + '.' + __name__).
-    return {
-        "dataset_name": "Dataset999_Tiny",
-        "plans_name": "nnUNetResEncUNetMPlans",
-        "original_median_spacing_after_transp": [2.0, 0.8, 0.8],
-        "original_median_shape_after_transp": [64, 128, 128],
-        "image_reader_writer": "SimpleITKIO",
-        "transpose_forward": [0, 1, 2],
-        "transpose_backward": [0, 1, 2],
-        "experiment_planner_used": "nnUNetPlannerResEncM",
-        "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {},
-        "configurations": {
-            "3d_fullres": {
-                "data_identifier": "nnUNetPlans_3d_fullres",
-                "preprocessor_name": "DefaultPreprocessor",
-                "batch_size": 2,
-                "patch_size": list(PATCH),
-                "median_image_size_in_voxels": [64, 128, 128],
-                "spacing": [2.0, 0.8, 0.8],
-                "normalization_schemes": ["CTNormalization"],
-                "use_mask_for_norm": [False],
-                "resampling_fn_data": "resample_data_or_seg_to_shape",
-                "resampling_fn_seg": "resample_data_or_seg_to_shape",
-                "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
-                "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
-                "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-                "resampling_fn_probabilities_kwargs": {
-                    "is_seg": False,
-                    "order": 1,
-                    "order_z": 0,
-                    "force_separate_z": None,
-                },
-                "architecture": {
-                    "network_class_name": f"dynamic_network_architectures.architectures.unet.{unet}",
-                    "arch_kwargs": _arch_kwargs(unet),
-                    "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-                },
-                "batch_dice": True,
-            }
-        },
-    }
+    fullres = nnunet_plans.configuration(
+        data_identifier="nnUNetPlans_3d_fullres",
+        patch_size=PATCH,
+        median_image_size=[64, 128, 128],
+        spacing=[2.0, 0.8, 0.8],
+        network_class_name=f"dynamic_network_architectures.architectures.unet.{unet}",
+        arch_kwargs=_arch_kwargs(unet),
+        batch_dice=True,
+    )
+    return nnunet_plans.plans(
+        {"3d_fullres": fullres}, dataset_name="Dataset999_Tiny", spacing=[2.0, 0.8, 0.8], shape=[64, 128, 128]
+    )
 
 
 def _managers(unet: str = "ResidualEncoderUNet"):

@@ -8,60 +8,41 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from pancreas_mtl.errors import UserInputError
 from pancreas_mtl.nnunet.planning import add_configuration, derive_small_configuration
+from tests import nnunet_plans
 
-PARENT = {
-    "data_identifier": "nnUNetResEncUNetMPlans_3d_fullres",
-    "preprocessor_name": "DefaultPreprocessor",
-    "batch_size": 2,
-    "patch_size": [32, 64, 64],
-    "median_image_size_in_voxels": [32.0, 64.0, 64.0],
-    "spacing": [3.0, 0.75, 0.75],
-    "normalization_schemes": ["CTNormalization"],
-    "use_mask_for_norm": [False],
-    "resampling_fn_data": "resample_data_or_seg_to_shape",
-    "resampling_fn_seg": "resample_data_or_seg_to_shape",
-    "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
-    "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
-    "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-    "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
-    "architecture": {
-        "network_class_name": "dynamic_network_architectures.architectures.residual_unet.ResidualEncoderUNet",
-        "arch_kwargs": {
-            "n_stages": 5,
-            "features_per_stage": [32, 64, 128, 256, 320],
-            "conv_op": "torch.nn.modules.conv.Conv3d",
-            "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
-            "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
-            "n_blocks_per_stage": [1, 3, 4, 6, 6],
-            "n_conv_per_stage_decoder": [1, 1, 1, 1],
-            "conv_bias": True,
-            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-            "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-            "dropout_op": None,
-            "dropout_op_kwargs": None,
-            "nonlin": "torch.nn.LeakyReLU",
-            "nonlin_kwargs": {"inplace": True},
-        },
-        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+PARENT = nnunet_plans.configuration(
+    data_identifier="nnUNetResEncUNetMPlans_3d_fullres",
+    patch_size=[32, 64, 64],
+    median_image_size=[32.0, 64.0, 64.0],
+    spacing=[3.0, 0.75, 0.75],
+    network_class_name="dynamic_network_architectures.architectures.residual_unet.ResidualEncoderUNet",
+    arch_kwargs={
+        "n_stages": 5,
+        "features_per_stage": [32, 64, 128, 256, 320],
+        "conv_op": "torch.nn.modules.conv.Conv3d",
+        "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
+        "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
+        "n_blocks_per_stage": [1, 3, 4, 6, 6],
+        "n_conv_per_stage_decoder": [1, 1, 1, 1],
+        "conv_bias": True,
+        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
     },
-    "batch_dice": False,
-}
+    batch_dice=False,
+)
 
 
 def plans_with(child: dict) -> dict:
-    return {
-        "dataset_name": "Dataset501_PancreasQuiz",
-        "plans_name": "nnUNetResEncUNetMPlans",
-        "original_median_spacing_after_transp": [3.0, 0.75, 0.75],
-        "original_median_shape_after_transp": [32, 64, 64],
-        "image_reader_writer": "SimpleITKIO",
-        "transpose_forward": [0, 1, 2],
-        "transpose_backward": [0, 1, 2],
-        "configurations": {"3d_fullres": deepcopy(PARENT), "3d_cpu_demo": child},
-        "experiment_planner_used": "nnUNetPlannerResEncM",
-        "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {},
-    }
+    return nnunet_plans.plans(
+        {"3d_fullres": deepcopy(PARENT), "3d_cpu_demo": child},
+        dataset_name="Dataset501_PancreasQuiz",
+        spacing=[3.0, 0.75, 0.75],
+        shape=[32, 64, 64],
+    )
 
 
 SMALL = {"feature_divisor": 4, "max_blocks_per_stage": 1, "batch_size": 2}
