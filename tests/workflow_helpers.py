@@ -37,3 +37,23 @@ def run_snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.C
 
 def snakemake_output(result: subprocess.CompletedProcess) -> str:
     return result.stdout + result.stderr
+
+
+def write_quiz_names(root: Path, train=(2, 2, 2), validation=(1, 1, 1), test: int | None = 1) -> Path:
+    """A quiz folder of empty files named as the quiz names them, ``train``/``validation`` cases per subtype and
+    ``test`` test images (None: no validation/ or test/ folder when its counts are None). Enough for a dry run and the
+    start-up check, which read names only; the conversion would refuse the files."""
+    number = iter(range(1, 1000))
+    for split, counts in (("train", train), ("validation", validation)):
+        for subtype, n in enumerate(counts or ()):
+            folder = root / split / f"subtype{subtype}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for _ in range(n):
+                case = f"quiz_{subtype}_{next(number):03d}"
+                (folder / f"{case}_0000.nii.gz").write_bytes(b"")
+                (folder / f"{case}.nii.gz").write_bytes(b"")
+    if test is not None:
+        (root / "test").mkdir(parents=True, exist_ok=True)
+        for _ in range(test):
+            (root / "test" / f"quiz_{next(number):03d}_0000.nii.gz").write_bytes(b"")
+    return root

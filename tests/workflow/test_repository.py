@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.workflow_helpers import REPO, copy_workflow, run_snakemake
+from tests.workflow_helpers import REPO, copy_workflow, run_snakemake, write_quiz_names
 
 
 @pytest.fixture
@@ -77,14 +77,7 @@ def test_a_bad_config_value_stops_the_workflow_with_a_clear_message(workflow_cop
 
 
 def test_folder_source_tracks_every_quiz_file(workflow_copy, tmp_path):
-    quiz = tmp_path / "quiz"
-    for rel in [
-        "train/subtype0/quiz_0_001_0000.nii.gz",
-        "train/subtype0/quiz_0_001.nii.gz",
-        "test/quiz_002_0000.nii.gz",
-    ]:
-        (quiz / rel).parent.mkdir(parents=True, exist_ok=True)
-        (quiz / rel).write_bytes(b"")
+    quiz = write_quiz_names(tmp_path / "quiz")
     result = run_snakemake(
         workflow_copy, "-n", "--cores", "1", "--config", f"data={{'source': 'folder', 'quiz_dir': '{quiz}'}}"
     )

@@ -22,7 +22,14 @@ import pytest
 import torch
 import yaml
 
-from tests.workflow_helpers import REPO, copy_workflow, run_snakemake, snakemake_cli, snakemake_output
+from tests.workflow_helpers import (
+    REPO,
+    copy_workflow,
+    run_snakemake,
+    snakemake_cli,
+    snakemake_output,
+    write_quiz_names,
+)
 
 PROFILES = REPO / "profiles"
 # Rules the SLURM profile configures before the workflow defines them (harmless: Snakemake ignores
@@ -89,13 +96,7 @@ def test_readme_cluster_command_asks_for_gpus(tmp_path):
     which sent training to the GPU partition with 0 GPUs. A dry run of the command, through the real profile and
     plugin, on a quiz folder of empty files: every GPU rule asks for one GPU."""
     workdir = copy_workflow(tmp_path / "workflow")
-    for rel in [
-        "train/subtype0/quiz_0_001_0000.nii.gz",
-        "train/subtype0/quiz_0_001.nii.gz",
-        "test/quiz_002_0000.nii.gz",
-    ]:
-        (workdir / "data" / rel).parent.mkdir(parents=True, exist_ok=True)
-        (workdir / "data" / rel).write_bytes(b"")
+    write_quiz_names(workdir / "data")
     result = run_snakemake(workdir, *readme_cluster_command()[1:], "-n")
     out = snakemake_output(result)
     assert result.returncode == 0, out

@@ -13,6 +13,10 @@ os.environ.update(
 )
 
 from pancreas_mtl.config import check_config  # noqa: E402
+from pancreas_mtl.data.folder_check import folder_plan  # noqa: E402
+from pancreas_mtl.data.folder_check import quiz_counts  # noqa: E402
+from pancreas_mtl.data.folder_check import synthetic_counts  # noqa: E402
+from pancreas_mtl.errors import UserInputError  # noqa: E402
 from pancreas_mtl.config import lesion_prior_threshold  # noqa: E402
 from pancreas_mtl.nnunet.environment import dataset_folder_name  # noqa: E402
 from pancreas_mtl.nnunet.planning import training_configuration_name  # noqa: E402
@@ -23,6 +27,23 @@ from pancreas_mtl.training.selection import CHECKPOINT_FILES  # noqa: E402
 check_config(
     config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 )
+
+# What the quiz folder can support, before any job runs: its cases by name, refusals and fallbacks.
+FOLDER = folder_plan(
+    (
+        synthetic_counts(config["synthetic"]["counts"])
+        if config["data"]["source"] == "synthetic"
+        else quiz_counts(config["data"]["quiz_dir"])
+    ),
+    config,
+)
+logger.info(FOLDER.counts.table())
+for note in FOLDER.notes:
+    logger.warning(note)
+if FOLDER.problems:
+    raise UserInputError(
+        "The quiz data cannot support this run; nothing was started", FOLDER.problems
+    )
 
 DATASET = dataset_folder_name(
     config["nnunet"]["dataset_id"], config["nnunet"]["dataset_name"]
@@ -224,12 +245,16 @@ def preprocess_threads():
 
 
 def all_targets():
-    return [
-        "results/subtype_results.csv",
-        "results/submission.zip",
+    """Everything the main command makes, less what the folder cannot support (FOLDER's fallbacks)."""
+    test = ["results/subtype_results.csv", "results/submission.zip"]
+    validation = [
         "results/metrics/summary.json",
         "results/benchmark/summary.json",
         "results/report/training_curves.png",
         "results/report/overlay_montage.png",
+    ]
+    return [
+        *(test if FOLDER.predict_test else []),
+        *(validation if FOLDER.evaluate_validation else []),
         *final_validation_summaries(),
     ]

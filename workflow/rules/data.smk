@@ -36,7 +36,10 @@ rule convert_quiz_to_nnunet:
         mem_mb=config["resources"]["preprocess_mem_mb"],
     params:
         quiz_dir=lambda wildcards: quiz_dir(wildcards.dataset),
-        allow_partial=lambda wildcards: wildcards.dataset == REAL_SCALE_DATASET,
+        # the real-scale sample, or a folder without validation/ (its metrics are left out)
+        allow_partial=lambda wildcards: (
+            wildcards.dataset == REAL_SCALE_DATASET or not FOLDER.evaluate_validation
+        ),
         split_scheme=lambda wildcards: (
             "official"
             if wildcards.dataset == REAL_SCALE_DATASET

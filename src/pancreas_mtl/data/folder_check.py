@@ -1,0 +1,151 @@
+"""What a quiz folder can support, checked at start-up before any job runs.
+
+:func:`quiz_counts` counts the cases of a quiz folder per split and subtype by their names only (nothing is opened:
+the conversion validates the files), or takes them from the synthetic data's configured counts.
+:func:`folder_plan` turns the counts and the config into what the run does: refusals (one message per problem,
+naming the folder, the counts and the setting to change) and fallbacks (a missing ``validation/`` or ``test/``
+leaves its targets out), each stated in the log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pancreas_mtl.data.labels import SUBTYPES
+from pancreas_mtl.data.quiz_layout import LABELLED_SPLITS, discover_quiz_cases
+
+#: nnU-Net's own configurations a planner may plan (besides the workflow's CPU configuration)
+NNUNET_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres")
+
+
+@dataclass(frozen=True)
+class QuizCounts:
+    """Cases per subtype of train/ and validation/, test images, and the split folders that are missing."""
+
+    where: str  # the quiz folder, or a description of the synthetic data
+    train: tuple[int, ...]
+    validation: tuple[int, ...]
+    test: int
+    missing: tuple[str, ...] = ()  # "validation", "test"
+
+    def table(self) -> str:
+        """The counts as one table, for the start-up log."""
+        width = max(len(split) for split in (*LABELLED_SPLITS, "test"))
+        header = f"{'':{width}}  " + "  ".join(f"subtype{s}" for s in SUBTYPES) + "  total"
+        lines = [f"cases in {self.where}:", header]
+        for split in LABELLED_SPLITS:
+            counts = getattr(self, split)
+            shown = "missing" if split in self.missing else "  ".join(f"{n:8d}" for n in counts) + f"  {sum(counts):5d}"
+            lines.append(f"{split:{width}}  {shown}")
+        test = "missing" if "test" in self.missing else f"{'':{10 * len(SUBTYPES) - 2}}  {self.test:5d}"
+        lines.append(f"{'test':{width}}  {test}")
+        return "\n".join(lines)
+
+
+def quiz_counts(quiz_dir: str | Path) -> QuizCounts:
+    """Count a quiz folder's cases by name (layout problems are left to the conversion, which reports each)."""
+    root = Path(quiz_dir)
+    if not root.is_dir():
+        return QuizCounts(str(root), (0,) * len(SUBTYPES), (0,) * len(SUBTYPES), 0, ("train", "validation", "test"))
+    cases, _ = discover_quiz_cases(root, allow_partial=True)
+    per = {
+        split: tuple(sum(1 for c in cases if c.split == split and c.subtype == s) for s in SUBTYPES)
+        for split in LABELLED_SPLITS
+    }
+    missing = tuple(split for split in ("train", "validation", "test") if not (root / split).is_dir())
+    return QuizCounts(str(root), per["train"], per["validation"], sum(1 for c in cases if c.split == "test"), missing)
+
+
+def synthetic_counts(counts: dict) -> QuizCounts:
+    """The synthetic data's configured counts (``synthetic.counts``)."""
+    test = int(counts["test"])
+    return QuizCounts(
+        "the synthetic data (synthetic.counts)",
+        tuple(counts["train"]),
+        tuple(counts["validation"]),
+        test,
+        ("test",) if test == 0 else (),
+    )
+
+
+@dataclass
+class FolderPlan:
+    """What the run does with the folder: problems refuse it; the fallbacks are logged."""
+
+    counts: QuizCounts
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    predict_test: bool = True
+    evaluate_validation: bool = True
+
+
+def _counts_text(counts: tuple[int, ...]) -> str:
+    return "/".join(str(n) for n in counts) + " (subtypes " + "/".join(str(s) for s in SUBTYPES) + ")"
+
+
+def folder_plan(counts: QuizCounts, config: dict) -> FolderPlan:
+    """What ``counts`` support under ``config`` (schema-validated): the refusals and the fallbacks."""
+    plan = FolderPlan(counts)
+    where, training = counts.where, config["training"]
+    train = counts.train
+    if "train" in counts.missing or sum(train) == 0:
+        plan.problems.append(f"{where}: no training cases (train/subtype{{0,1,2}}/): nothing to train on")
+        return plan
+
+    present = [s for s, n in zip(SUBTYPES, train) if n > 0]
+    if len(present) == 1:
+        plan.problems.append(
+            f"{where}/train: only subtype {present[0]} has training cases ({_counts_text(train)}): the "
+            "classification head needs at least two subtypes. Segmentation-only folders run the segmentation path "
+            "alone, a mode not supported yet (README: 'What a folder needs'); add cases of the other subtypes"
+        )
+    elif len(present) < len(SUBTYPES):
+        absent = [s for s in SUBTYPES if s not in present]
+        plan.problems.append(
+            f"{where}/train: no training cases of subtype(s) {', '.join(map(str, absent))} ({_counts_text(train)}): "
+            "the classifier cannot learn a subtype it never sees; add cases to train/subtype"
+            f"{absent[0]}/"
+        )
+
+    if training["split"] == "official":
+        if not any(n >= 2 for n in train):
+            plan.problems.append(
+                f"{where}/train: training.split official holds out training.selection_fraction "
+                f"({training['selection_fraction']}) of each subtype's training cases to select the checkpoints, "
+                f"and a subtype needs two cases to give one ({_counts_text(train)}): add training cases"
+            )
+    else:
+        k = training["k"]
+        if not 2 <= k <= sum(train):
+            plan.problems.append(
+                f"{where}/train: training.split kfold with training.k {k} needs 2 <= k <= {sum(train)} (the training "
+                f"cases, {_counts_text(train)}): set training.k between 2 and {sum(train)}"
+            )
+
+    if "validation" in counts.missing:
+        plan.evaluate_validation = False
+        plan.notes.append(
+            f"{where} has no validation/ folder: the final metrics, the inference benchmark and the report plots "
+            "are left out of `rule all` (the official validation cases are what they measure)"
+        )
+    if "test" in counts.missing or counts.test == 0:
+        plan.predict_test = False
+        plan.notes.append(
+            f"{where} has no test images (test/): the test predictions, subtype_results.csv and submission.zip "
+            "are left out of `rule all`"
+        )
+        if config["benchmark"]["split"] == "test":
+            plan.problems.append(
+                f"{where}: benchmark.split test, but the folder has no test images: set benchmark.split validation"
+            )
+
+    configuration = config["nnunet"]["configuration"]
+    allowed = (*NNUNET_CONFIGURATIONS, config["nnunet"]["cpu_configuration"]["name"])
+    if configuration not in allowed:
+        plan.problems.append(
+            f"nnunet.configuration {configuration!r} is neither one of nnU-Net's configurations "
+            f"({', '.join(NNUNET_CONFIGURATIONS)}) nor the CPU configuration's name "
+            f"(nnunet.cpu_configuration.name: {allowed[-1]!r})"
+        )
+    return plan
