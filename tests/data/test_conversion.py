@@ -532,6 +532,17 @@ def test_official_split_holds_out_stratified_selection_cases_and_never_the_valid
         make_splits(cases, "official", selection_fraction=0.25)
 
 
+def test_without_cases_to_hold_out_fold_0_trains_and_validates_on_all_training_cases(quiz_builder):
+    """One training case per subtype: nothing can be held out, and nnU-Net needs validation cases (an empty list
+    crashed its data loader); fold 0 is nnU-Net's fold "all", never the official validation cases."""
+    from pancreas_mtl.data.quiz_layout import discover_quiz_cases
+
+    cases, _ = discover_quiz_cases(quiz_builder.standard(n_train=1, n_validation=1, n_test=1))
+    (fold,) = make_splits(cases, "official", seed=12345, selection_fraction=0.15)
+    train = sorted(c.case_id for c in cases if c.split == "train")
+    assert fold == {"train": train, "val": train}
+
+
 # -- the test images, converted on their own ------------------------------------------------------------------
 
 

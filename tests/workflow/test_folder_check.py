@@ -53,13 +53,18 @@ def test_the_counts_are_logged_as_one_table(workflow, tmp_path):
     assert re.fullmatch(r"test\s+3", table[4]), table
 
 
-def test_one_training_case_per_subtype_is_refused_naming_the_selection_split(workflow, tmp_path):
-    """Before, the run got through conversion and planning and died in nnU-Net's data loader."""
+def test_one_training_case_per_subtype_trains_on_all_and_uses_the_last_checkpoint(workflow, tmp_path):
+    """Before, the run got through conversion and planning and died in nnU-Net's data loader (no selection cases).
+    Now it trains on all training cases, and stage 2 and inference take checkpoint_final, as the log says."""
     quiz = write_quiz_names(tmp_path / "quiz", train=(1, 1, 1))
-    code, out, _ = dry_run(workflow, quiz)
-    assert_refused_before_any_work(
-        workflow, code, out, f"{quiz}/train: training.split official", "1/1/1 (subtypes 0/1/2)", "add training cases"
-    )
+    code, out, jobs = dry_run(workflow, quiz)
+    assert code == 0, out
+    assert f"{quiz}/train: training.split official" in out and "1/1/1 (subtypes 0/1/2)" in out
+    assert "the last epoch's checkpoint (checkpoint_final) is the one stage 2 starts from and inference uses" in out
+    assert {"train_stage1", "train_stage2", "predict_split"} <= jobs, jobs
+    for rule in ("train_stage2", "predict_split"):
+        inputs = re.findall(rf"^rule {rule}:\n    input: (.*)$", out, flags=re.M)
+        assert inputs and all("checkpoint_final.pth" in i and "checkpoint_best" not in i for i in inputs), inputs
 
 
 def test_kfold_with_more_folds_than_training_cases_is_refused(workflow, tmp_path):
@@ -118,7 +123,8 @@ def test_a_test_benchmark_without_test_images_is_refused(workflow, tmp_path):
 
 def test_the_synthetic_datas_counts_are_checked_too():
     plan = folder_plan(synthetic_counts({"train": [1, 1, 1], "validation": [1, 1, 1], "test": 0}), DEMO_CONFIG)
-    assert [p for p in plan.problems if "training.split official" in p], plan.problems
+    assert not plan.problems and not plan.select_checkpoints
+    assert [n for n in plan.notes if "training.split official" in n], plan.notes
     assert not plan.predict_test and plan.evaluate_validation
 
 

@@ -81,8 +81,18 @@ if max(FOLDS) >= _n_folds:
         f"training.folds {FOLDS} do not exist with training.split "
         f"{config['training']['split']!r} ({_n_folds} fold(s): 0..{_n_folds - 1})"
     )
-INFERENCE_CHECKPOINT = CHECKPOINT_FILES[config["training"]["inference_checkpoint"]]
-STAGE2_INIT_CHECKPOINT = CHECKPOINT_FILES[config["training"]["stage2_init"]]
+# Without a selection split (FOLDER.select_checkpoints, too few training cases) the best checkpoints are chosen on
+# training cases: the last epoch's is used instead, as the start-up log says.
+INFERENCE_CHECKPOINT = CHECKPOINT_FILES[
+    (
+        config["training"]["inference_checkpoint"]
+        if FOLDER.select_checkpoints
+        else "final"
+    )
+]
+STAGE2_INIT_CHECKPOINT = CHECKPOINT_FILES[
+    config["training"]["stage2_init"] if FOLDER.select_checkpoints else "final"
+]
 # What each training stage writes: its final weights and the checkpoints its selection scores keep.
 STAGE1_CHECKPOINTS = ["final", "best_combined"]
 STAGE2_CHECKPOINTS = ["final", "best_combined", "best_f1"]

@@ -102,7 +102,9 @@ def make_splits(
     ``"official"``: one fold. With ``selection_fraction`` (the workflow always passes one), a seeded,
     subtype-stratified share of the training cases (:func:`selection_cases`) is fold 0's ``val``: they select
     the checkpoints and are not trained on; ``train`` is the other training cases. Without it, ``val`` is the
-    official validation cases (nnU-Net's usual set-up, which selects checkpoints on the reported cases).
+    official validation cases (nnU-Net's usual set-up, which selects checkpoints on the reported cases). When no
+    subtype has two training cases to hold one out, fold 0 trains and validates on all of them (as nnU-Net's fold
+    "all"), and the workflow uses the last epoch's checkpoint.
     ``"kfold"``: ``k`` folds over the training cases only, stratified by subtype and seeded; each fold
     validates (selects) on its held-out training cases. Either way the official validation cases of the
     workflow stay out of every fold: they are kept for the final metrics. Test cases are never in a split.
@@ -119,6 +121,9 @@ def make_splits(
         if seed is None:
             raise ValueError("held-out selection cases need a seed (the config's training.split_seed)")
         selected = selection_cases(train, selection_fraction, seed)
+        if not selected:  # as nnU-Net's fold "all": nnU-Net needs validation cases; the workflow uses the last epoch
+            everything = [c.case_id for c in train]
+            return [{"train": everything, "val": everything}]
         return [{"train": [c.case_id for c in train if c.case_id not in selected], "val": sorted(selected)}]
     if scheme == "kfold":
         if k < 2 or k > len(train):
@@ -155,7 +160,10 @@ def selection_cases(train: list[QuizCase], fraction: float, seed: int) -> set[st
         n = max(1, round(fraction * len(ids))) if len(ids) >= 2 else 0
         selected.update(ids[i] for i in rng.permutation(len(ids))[:n])
     if not selected and train:
-        log.warning("no training subtype has two cases: no cases are held out to select checkpoints")
+        log.warning(
+            "no training subtype has two cases: none is held out to select the checkpoints; fold 0 trains "
+            "and validates on all training cases, and the last epoch's checkpoint is the one used"
+        )
     return selected
 
 

@@ -4,7 +4,8 @@
 the conversion validates the files), or takes them from the synthetic data's configured counts.
 :func:`folder_plan` turns the counts and the config into what the run does: refusals (one message per problem,
 naming the folder, the counts and the setting to change) and fallbacks (a missing ``validation/`` or ``test/``
-leaves its targets out), each stated in the log.
+leaves its targets out; too few training cases for a selection split train on all of them and use the last epoch's
+checkpoint), each stated in the log.
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ class FolderPlan:
     notes: list[str] = field(default_factory=list)
     predict_test: bool = True
     evaluate_validation: bool = True
+    # False: too few training cases to hold any out; the models train on all of them and the last epoch's
+    # checkpoint (checkpoint_final) is the one used
+    select_checkpoints: bool = True
 
 
 def _counts_text(counts: tuple[int, ...]) -> str:
@@ -110,10 +114,13 @@ def folder_plan(counts: QuizCounts, config: dict) -> FolderPlan:
 
     if training["split"] == "official":
         if not any(n >= 2 for n in train):
-            plan.problems.append(
+            plan.select_checkpoints = False
+            plan.notes.append(
                 f"{where}/train: training.split official holds out training.selection_fraction "
                 f"({training['selection_fraction']}) of each subtype's training cases to select the checkpoints, "
-                f"and a subtype needs two cases to give one ({_counts_text(train)}): add training cases"
+                f"and a subtype needs two cases to give one ({_counts_text(train)}): the models train on all "
+                f"{sum(train)} training cases without a selection split, and the last epoch's checkpoint "
+                "(checkpoint_final) is the one stage 2 starts from and inference uses"
             )
     else:
         k = training["k"]
