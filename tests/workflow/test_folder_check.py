@@ -92,7 +92,9 @@ def test_a_single_subtype_folder_without_validation_or_test_is_refused_naming_se
 def test_an_unknown_configuration_is_refused(workflow, tmp_path):
     quiz = write_quiz_names(tmp_path / "quiz")
     code, out, _ = dry_run(workflow, quiz, nnunet={"configuration": "3d_typo"})
-    assert_refused_before_any_work(workflow, code, out, "nnunet.configuration '3d_typo' is neither")
+    assert_refused_before_any_work(workflow, code, out, "nnunet.configuration '3d_typo' is neither 3d_fullres")
+    code, out, _ = dry_run(workflow, quiz, nnunet={"configuration": "3d_lowres"})
+    assert_refused_before_any_work(workflow, code, out, "'3d_lowres': the workflow plans and preprocesses 3d_fullres")
 
 
 def test_without_test_images_the_test_targets_are_left_out(workflow, tmp_path):

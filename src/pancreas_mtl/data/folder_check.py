@@ -16,8 +16,10 @@ from pathlib import Path
 from pancreas_mtl.data.labels import SUBTYPES
 from pancreas_mtl.data.quiz_layout import LABELLED_SPLITS, discover_quiz_cases
 
-#: nnU-Net's own configurations a planner may plan (besides the workflow's CPU configuration)
+#: nnU-Net's configurations a planner may plan; the workflow preprocesses 3d_fullres only (and its CPU configuration
+#: inherits that preprocessed data)
 NNUNET_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres")
+PREPROCESSED_CONFIGURATION = "3d_fullres"
 
 
 @dataclass(frozen=True)
@@ -148,11 +150,15 @@ def folder_plan(counts: QuizCounts, config: dict) -> FolderPlan:
             )
 
     configuration = config["nnunet"]["configuration"]
-    allowed = (*NNUNET_CONFIGURATIONS, config["nnunet"]["cpu_configuration"]["name"])
-    if configuration not in allowed:
+    cpu_name = config["nnunet"]["cpu_configuration"]["name"]
+    if configuration in NNUNET_CONFIGURATIONS and configuration != PREPROCESSED_CONFIGURATION:
         plan.problems.append(
-            f"nnunet.configuration {configuration!r} is neither one of nnU-Net's configurations "
-            f"({', '.join(NNUNET_CONFIGURATIONS)}) nor the CPU configuration's name "
-            f"(nnunet.cpu_configuration.name: {allowed[-1]!r})"
+            f"nnunet.configuration {configuration!r}: the workflow plans and preprocesses {PREPROCESSED_CONFIGURATION} "
+            f"only (and the CPU configuration {cpu_name!r}, which inherits its data); set {PREPROCESSED_CONFIGURATION}"
+        )
+    elif configuration not in (PREPROCESSED_CONFIGURATION, cpu_name):
+        plan.problems.append(
+            f"nnunet.configuration {configuration!r} is neither {PREPROCESSED_CONFIGURATION} nor the CPU "
+            f"configuration's name (nnunet.cpu_configuration.name: {cpu_name!r})"
         )
     return plan
