@@ -51,6 +51,7 @@ import nibabel as nib
 import numpy as np
 
 from pancreas_mtl.data.case_table import write_case_table
+from pancreas_mtl.data.folder_check import selection_size
 from pancreas_mtl.data.labels import LABELS, LESION_LABEL, PANCREAS_LABEL, SUBTYPES
 from pancreas_mtl.data.quiz_layout import (
     LABELLED_SPLITS,
@@ -157,8 +158,7 @@ def selection_cases(train: list[QuizCase], fraction: float, seed: int) -> set[st
     selected: set[str] = set()
     for subtype in sorted({c.subtype for c in train}):
         ids = sorted(c.case_id for c in train if c.subtype == subtype)
-        n = max(1, round(fraction * len(ids))) if len(ids) >= 2 else 0
-        selected.update(ids[i] for i in rng.permutation(len(ids))[:n])
+        selected.update(ids[i] for i in rng.permutation(len(ids))[: selection_size(len(ids), fraction)])
     if not selected and train:
         log.warning(
             "no training subtype has two cases: none is held out to select the checkpoints; fold 0 trains "

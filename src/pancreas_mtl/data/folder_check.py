@@ -22,6 +22,12 @@ NNUNET_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres")
 PREPROCESSED_CONFIGURATION = "3d_fullres"
 
 
+def selection_size(n_cases: int, fraction: float) -> int:
+    """How many of a subtype's ``n_cases`` training cases select the checkpoints: ``fraction`` of them, rounded, at
+    least one of two or more (a single case stays in training). The conversion's split and this check share it."""
+    return max(1, round(fraction * n_cases)) if n_cases >= 2 else 0
+
+
 @dataclass(frozen=True)
 class QuizCounts:
     """Cases per subtype of train/ and validation/, test images, and the split folders that are missing."""
@@ -115,7 +121,7 @@ def folder_plan(counts: QuizCounts, config: dict) -> FolderPlan:
         )
 
     if training["split"] == "official":
-        if not any(n >= 2 for n in train):
+        if not any(selection_size(n, training["selection_fraction"]) for n in train):
             plan.select_checkpoints = False
             plan.notes.append(
                 f"{where}/train: training.split official holds out training.selection_fraction "

@@ -553,6 +553,19 @@ def _number(benchmark: Mapping, key: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _label_bar(ax, bar, value: float, text: str) -> None:
+    """``text`` just above the top (``value``) of a bar."""
+    ax.annotate(
+        text,
+        (bar.get_x() + bar.get_width() / 2, value),
+        xytext=(0, 3),
+        textcoords="offset points",
+        ha="center",
+        va="bottom",
+        fontsize=8,
+    )
+
+
 def _row_colour(row: str) -> str:
     known = BENCHMARK_ROW.get(row)
     return OKABE_ITO[known.colour if known else "grey"]
@@ -573,15 +586,7 @@ def plot_benchmark(benchmark: dict, per_case: pd.DataFrame | None, out_png: str 
     totals = [_number(benchmark, f"{r}_seconds_total") for r in rows]
     bars = ax_total.bar([BENCHMARK_ROW[r].tick for r in rows], totals, color=[_row_colour(r) for r in rows])
     for bar, value in zip(bars, totals):
-        ax_total.annotate(
-            f"{value:.1f} s",
-            (bar.get_x() + bar.get_width() / 2, value),
-            xytext=(0, 3),
-            textcoords="offset points",
-            ha="center",
-            va="bottom",
-            fontsize=8,
-        )
+        _label_bar(ax_total, bar, value, f"{value:.1f} s")
     colds = [_number(benchmark, f"{r}_cold_seconds") for r in rows]
     if any(c is not None for c in colds):
         xs = [bar.get_x() + bar.get_width() / 2 for bar, c in zip(bars, colds) if c is not None]
@@ -676,15 +681,7 @@ def plot_benchmark(benchmark: dict, per_case: pd.DataFrame | None, out_png: str 
         mem = [_number(benchmark, f"{r}_peak_memory_mb") for r in mem_rows]
         bars = ax_mem.bar([BENCHMARK_ROW[r].tick for r in mem_rows], mem, color=[_row_colour(r) for r in mem_rows])
         for bar, value in zip(bars, mem):
-            ax_mem.annotate(
-                f"{value:,.0f}",
-                (bar.get_x() + bar.get_width() / 2, value),
-                xytext=(0, 3),
-                textcoords="offset points",
-                ha="center",
-                va="bottom",
-                fontsize=8,
-            )
+            _label_bar(ax_mem, bar, value, f"{value:,.0f}")
         ax_mem.set_ylim(0, max(mem) * 1.2)
         if all(f"{r}_peak_gpu_mb" in benchmark for r in mem_rows):
             kind = "peak GPU memory"
@@ -850,15 +847,7 @@ def plot_learning_summary(
         failed = run.get("status", "ok") != "ok"
         if failed:
             bar.set_hatch("//")
-        ax_t.annotate(
-            f"{value:.1f}" + (" failed" if failed else ""),
-            (bar.get_x() + bar.get_width() / 2, value),
-            xytext=(0, 3),
-            textcoords="offset points",
-            ha="center",
-            va="bottom",
-            fontsize=8,
-        )
+        _label_bar(ax_t, bar, value, f"{value:.1f}" + (" failed" if failed else ""))
     top = max(minutes, default=0.0)
     if minutes_target is not None:
         ax_t.axhline(minutes_target, color=OKABE_ITO["vermillion"], linestyle="--", linewidth=1.2)
