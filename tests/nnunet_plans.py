@@ -13,6 +13,22 @@ RESAMPLING = {
 }
 
 
+def arch_kwargs(**network) -> dict:
+    """A 3D network's ``arch_kwargs``: the layers every nnU-Net CT plan uses, and ``network`` (stages, features,
+    kernels, strides, blocks)."""
+    return {
+        "conv_op": "torch.nn.modules.conv.Conv3d",
+        "conv_bias": True,
+        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
+        **network,
+    }
+
+
 def configuration(
     *,
     data_identifier: str,

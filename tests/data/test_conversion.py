@@ -424,21 +424,22 @@ def _run_script(quiz_dir: Path, tmp_path: Path, threads: int = 1) -> Path:
         threads=threads,
         log=[str(log_file)],
     )
+    _run_rule_script("convert_quiz_to_nnunet.py", smk)
+    return log_file
+
+
+def _run_rule_script(name: str, smk: SimpleNamespace) -> None:
+    """Run a rule script as Snakemake does, then give the root logger back the handlers and level it had."""
     root = logging.getLogger()
     saved = root.handlers[:], root.level
     try:
-        runpy.run_path(
-            str(REPO / "workflow" / "scripts" / "convert_quiz_to_nnunet.py"),
-            init_globals={"snakemake": smk},
-            run_name="__main__",
-        )
+        runpy.run_path(str(REPO / "workflow" / "scripts" / name), init_globals={"snakemake": smk}, run_name="__main__")
     finally:
         for h in root.handlers:
             if h not in saved[0]:
                 h.close()
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
-    return log_file
 
 
 def test_snakemake_script_converts(quiz_dir, tmp_path):
@@ -617,19 +618,6 @@ def test_snakemake_script_converts_the_test_images(quiz_dir, tmp_path):
         threads=2,
         log=[str(tmp_path / "logs" / "convert_test_images.log")],
     )
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    try:
-        runpy.run_path(
-            str(REPO / "workflow" / "scripts" / "convert_test_images.py"),
-            init_globals={"snakemake": smk},
-            run_name="__main__",
-        )
-    finally:
-        for h in root.handlers:
-            if h not in saved[0]:
-                h.close()
-        root.handlers[:] = saved[0]
-        root.setLevel(saved[1])
+    _run_rule_script("convert_test_images.py", smk)
     assert len(read_case_table(paths["test_table_csv"])) == 2
     assert "copying 2 test image(s)" in (tmp_path / "logs" / "convert_test_images.log").read_text()

@@ -32,22 +32,14 @@ N_SEG = 3  # background, pancreas, lesion
 
 def _arch_kwargs(unet: str) -> dict:
     blocks = "n_blocks_per_stage" if unet == "ResidualEncoderUNet" else "n_conv_per_stage"
-    return {
-        "n_stages": 4,
-        "features_per_stage": FEATURES,
-        "conv_op": "torch.nn.modules.conv.Conv3d",
-        "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
-        "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]],
-        blocks: [1, 1, 1, 1],
-        "n_conv_per_stage_decoder": [1, 1, 1],
-        "conv_bias": True,
-        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-        "dropout_op": None,
-        "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU",
-        "nonlin_kwargs": {"inplace": True},
-    }
+    return nnunet_plans.arch_kwargs(
+        n_stages=4,
+        features_per_stage=FEATURES,
+        kernel_sizes=[[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
+        strides=[[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]],
+        n_conv_per_stage_decoder=[1, 1, 1],
+        **{blocks: [1, 1, 1, 1]},
+    )
 
 
 def _plans(unet: str = "ResidualEncoderUNet") -> dict:
