@@ -12,6 +12,8 @@
 * ``real_sample_dir``: the real sample's ``data`` folder; skips unless ``PANCREAS_MTL_REAL_SAMPLE``
   points at the real-sample folder (the ``data`` folder's parent).
 * ``real_sample_quiz_dir``: a full quiz layout symlinked from the real sample (a test construction).
+* ``real_ct_dir``: the real-CT cases' ``data`` folder (45 labelled cases, subtype 2 only); skips unless
+  ``PANCREAS_MTL_REAL_CT`` points at the real-CT folder (the ``data`` folder's parent).
 * ``accelerator_standin``: the predictors' device tensors become tensors that refuse ``.numpy()`` and pickling
   until copied to the host with ``.cpu()``, as on a GPU (``tests/accelerator.py`` says what it models and what
   not). Code that runs on a device (training-time validation, the device export, the benchmark rows) is tested
@@ -242,6 +244,18 @@ def real_sample_dir() -> Path:
     data = Path(root) / "data"
     if not data.is_dir():
         pytest.skip(f"PANCREAS_MTL_REAL_SAMPLE={root} has no data/ folder")
+    return data
+
+
+@pytest.fixture
+def real_ct_dir() -> Path:
+    """The real-CT cases' ``data`` folder; skip unless PANCREAS_MTL_REAL_CT points at its parent."""
+    root = os.environ.get("PANCREAS_MTL_REAL_CT")
+    if not root:
+        pytest.skip("set PANCREAS_MTL_REAL_CT to the real-ct folder to run this test")
+    data = Path(root) / "data"
+    if not data.is_dir():
+        pytest.skip(f"PANCREAS_MTL_REAL_CT={root} has no data/ folder")
     return data
 
 

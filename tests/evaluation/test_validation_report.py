@@ -57,7 +57,10 @@ def _fixture(tmp_path) -> SimpleNamespace:
         ),
         output=SimpleNamespace(summary=str(tmp_path / "results" / "metrics" / "summary.json")),
         params=SimpleNamespace(
-            nsd_tolerance_mm=2.0, extra={"checkpoint": "checkpoint_final.pth", "folds": [0]}, folds=[0]
+            nsd_tolerance_mm=2.0,
+            extra={"checkpoint": "checkpoint_final.pth", "folds": [0]},
+            folds=[0],
+            classification=True,
         ),
         log=[str(tmp_path / "logs" / "evaluate.log")],
         threads=1,
@@ -69,6 +72,25 @@ def _evaluate(smk: SimpleNamespace, **kwargs) -> dict:
     return evaluate_validation_predictions(
         smk.input.predictions, smk.input.case_table, smk.input.raw_dataset, smk.output.summary, **kwargs
     )
+
+
+def test_a_segmentation_model_gets_segmentation_metrics_alone(tmp_path):
+    """A stage-1 model's predictions: no class probabilities to read, cases without a subtype, no classification
+    file or keys; the segmentation figures are those of the same masks scored with classification."""
+    smk = _fixture(tmp_path)
+    with_classification = _evaluate(smk)
+    Path(smk.input.predictions, "class_probabilities.csv").unlink()
+    table = Path(smk.input.case_table)
+    table.write_text(table.read_text().replace(",validation,2,", ",validation,,"))
+    metrics = Path(smk.output.summary).parent
+    (metrics / "classification.json").unlink()
+    summary = _evaluate(smk, classification=False)
+    assert not (metrics / "classification.json").exists()
+    assert not {"macro_f1", "n_cases", "balanced_accuracy"} & set(summary)
+    segmentation = {k: v for k, v in with_classification.items() if k.startswith(("whole_pancreas_", "lesion_"))}
+    assert segmentation and all(summary[k] == v for k, v in segmentation.items())
+    with pytest.raises(UserInputError, match="quiz_2_012: no subtype"):
+        _evaluate(smk)
 
 
 def test_writes_metrics(tmp_path):

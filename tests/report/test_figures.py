@@ -150,6 +150,27 @@ def test_make_report_plots_script(tmp_path):
     assert "quiz_0_000 best, quiz_1_001 best, quiz_0_003 worst, quiz_1_004 worst" in log_text
 
 
+def test_make_report_plots_script_draws_the_segmentation_figures_of_a_stage1_model(tmp_path):
+    """A segmentation-only run: stage 1's checkpoint, no stage 2, classification or benchmark."""
+    res = validation_results(tmp_path)
+    segmentation_figures = ("training_curves", "dice_distribution", "overlay_montage")
+    snakemake = SimpleNamespace(
+        input=SimpleNamespace(
+            stage1_checkpoint=str(write_checkpoint(tmp_path / "s1.pth", nnunet_logging(10, False))),
+            segmentation_per_case=str(res.per_case),
+            case_table=str(res.case_table),
+            raw_dataset=str(res.raw),
+            predictions=str(res.predictions),
+        ),
+        output=SimpleNamespace(**{n: str(tmp_path / "report" / f"{n}.png") for n in segmentation_figures}),
+        log=[str(tmp_path / "logs" / "make_report_plots.log")],
+    )
+    runpy.run_path(str(SCRIPT), init_globals={"snakemake": snakemake}, run_name="__main__")
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == sorted(f"{n}.png" for n in segmentation_figures)
+    for name in segmentation_figures:
+        assert_png(tmp_path / "report" / f"{name}.png")
+
+
 def test_make_report_plots_script_fails_cleanly_without_predictions(tmp_path):
     pd.DataFrame([{"case_id": "quiz_0_001", "region": "whole", "dice": 0.5, **PER_CASE_METRICS}]).to_csv(
         tmp_path / "pc.csv", index=False

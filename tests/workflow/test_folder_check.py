@@ -11,7 +11,14 @@ from pancreas_mtl.data.folder_check import folder_plan, quiz_counts, synthetic_c
 from tests.workflow_helpers import copy_workflow, run_snakemake, snakemake_output, write_quiz_names
 
 DEMO_CONFIG = {
-    "training": {"split": "official", "selection_fraction": 0.15, "k": 5, "folds": [0]},
+    "training": {
+        "mode": "auto",
+        "split": "official",
+        "selection_fraction": 0.15,
+        "k": 5,
+        "folds": [0],
+        "inference_checkpoint": "best_combined",
+    },
     "benchmark": {"split": "validation"},
     "nnunet": {"configuration": "3d_cpu_demo", "cpu_configuration": {"name": "3d_cpu_demo"}},
 }
@@ -22,9 +29,10 @@ def workflow(tmp_path_factory) -> Path:
     return copy_workflow(tmp_path_factory.mktemp("folder_check") / "workflow")
 
 
-def dry_run(workflow: Path, quiz: Path, **config):
-    """A dry run on a quiz folder, with ``config`` sections laid over; (return code, output, rules it schedules)."""
-    config_file = quiz.parent / "config.yaml"
+def dry_run(workflow: Path, quiz: Path, config_file: Path | None = None, **config):
+    """A dry run on a quiz folder, with ``config`` sections laid over (written to ``config_file``, by default beside
+    the quiz folder); (return code, output, rules it schedules)."""
+    config_file = config_file or quiz.parent / "config.yaml"
     config_file.write_text(yaml.safe_dump({"data": {"source": "folder", "quiz_dir": str(quiz)}, **config}))
     result = run_snakemake(workflow, "-n", "--cores", "1", "--configfile", str(config_file))
     out = snakemake_output(result)
@@ -76,17 +84,86 @@ def test_kfold_with_more_folds_than_training_cases_is_refused(workflow, tmp_path
 def test_a_subtype_without_training_cases_is_refused(workflow, tmp_path):
     quiz = write_quiz_names(tmp_path / "quiz", train=(3, 0, 3))
     code, out, _ = dry_run(workflow, quiz)
-    assert_refused_before_any_work(workflow, code, out, "no training cases of subtype(s) 1 (3/0/3", "train/subtype1/")
-
-
-def test_a_single_subtype_folder_without_validation_or_test_is_refused_naming_segmentation_only(workflow, tmp_path):
-    """The shape of ../shared/real-ct/data: 45 labelled cases, all subtype 2, no validation/ and no test/."""
-    quiz = write_quiz_names(tmp_path / "quiz", train=(0, 0, 45), validation=None, test=None)
-    code, out, _ = dry_run(workflow, quiz)
     assert_refused_before_any_work(
-        workflow, code, out, "only subtype 2 has training cases (0/0/45", "Segmentation-only folders run the "
+        workflow,
+        code,
+        out,
+        "no training cases of subtype(s) 1 (3/0/3",
+        "train/subtype1/",
+        "or set training.mode: segmentation",
     )
+
+
+# What a segmentation-only run makes: stage 1, its predictions, the segmentation metrics and figures.
+SEGMENTATION_JOBS = {"train_stage1", "final_validation", "predict_split", "evaluate_validation", "report_plots"}
+# What needs the classification head, and so a second subtype.
+MULTITASK_JOBS = {"train_stage2", "subtype_results", "submission_zip", "benchmark_inference"}
+
+
+def assert_segmentation_only(out: str, jobs: set[str]):
+    assert SEGMENTATION_JOBS <= jobs and not MULTITASK_JOBS & jobs, jobs
+    assert "nnUNetTrainerPancreasMultiTask" not in out, "a stage-2 model is planned"
+    for inputs in re.findall(r"^rule predict_split:\n    input: (.*)$", out, flags=re.M):
+        assert "nnUNetTrainerPancreasSeg__" in inputs and "checkpoint_best_combined.pth" in inputs, inputs
+
+
+def test_a_single_subtype_folder_runs_the_segmentation_path(workflow, tmp_path):
+    quiz = write_quiz_names(tmp_path / "quiz", train=(0, 4, 0), validation=(0, 2, 0), test=2)
+    code, out, jobs = dry_run(workflow, quiz)
+    assert code == 0, out
+    assert "only subtype 1 has training cases (0/4/0" in out and "the segmentation path runs alone" in out, out
+    assert_segmentation_only(out, jobs)
+    assert {"convert_test_images"} <= jobs, jobs
+
+
+def test_a_single_subtype_folder_without_validation_or_test_trains_and_validates_stage1(workflow, tmp_path):
+    """The shape of ../shared/real-ct/data: 45 labelled cases, all subtype 2, no validation/ and no test/. Stage 1
+    trains, and nnU-Net's final validation predicts and scores the cases that select its checkpoint."""
+    quiz = write_quiz_names(tmp_path / "quiz", train=(0, 0, 45), validation=None, test=None)
+    code, out, jobs = dry_run(workflow, quiz)
+    assert code == 0, out
     assert "has no validation/ folder" in out and "has no test images (test/)" in out
+    assert jobs == {"all", "convert_quiz_to_nnunet", "plan_and_preprocess", "train_stage1", "final_validation"}, jobs
+    assert "nnUNetTrainerPancreasMultiTask" not in out
+
+
+def test_the_real_ct_folder_plans_stage1_its_validation_and_nothing_needing_a_second_subtype(
+    workflow, tmp_path, real_ct_dir, tree_digest
+):
+    """Opt-in (PANCREAS_MTL_REAL_CT): the 45 real subtype-2 cases of ../shared/real-ct, as a user would point at
+    them. Read only: the dry run leaves the folder as it was."""
+    before = tree_digest(real_ct_dir)
+    code, out, jobs = dry_run(workflow, real_ct_dir, tmp_path / "config.yaml", training={"mode": "auto"})
+    assert code == 0, out
+    assert re.search(r"^train\s+0\s+0\s+45\s+45$", out, flags=re.M), out
+    assert "only subtype 2 has training cases (0/0/45" in out and "the segmentation path runs alone" in out
+    assert jobs == {"all", "convert_quiz_to_nnunet", "plan_and_preprocess", "train_stage1", "final_validation"}, jobs
+    assert "nnUNetTrainerPancreasMultiTask" not in out
+    assert tree_digest(real_ct_dir) == before
+
+
+def test_segmentation_mode_is_chosen_by_hand_on_any_folder(workflow, tmp_path):
+    quiz = write_quiz_names(tmp_path / "quiz", train=(2, 0, 3))
+    code, out, jobs = dry_run(workflow, quiz, training={"mode": "segmentation"})
+    assert code == 0, out
+    assert "training.mode segmentation: stage 1 alone" in out
+    assert_segmentation_only(out, jobs)
+
+
+def test_multitask_mode_on_a_single_subtype_folder_is_refused(workflow, tmp_path):
+    quiz = write_quiz_names(tmp_path / "quiz", train=(0, 0, 5))
+    code, out, _ = dry_run(workflow, quiz, training={"mode": "multitask"})
+    assert_refused_before_any_work(
+        workflow, code, out, "no training cases of subtype(s) 0, 1 (0/0/5", "or set training.mode: segmentation"
+    )
+
+
+def test_a_segmentation_run_cannot_use_the_best_f1_checkpoint(workflow, tmp_path):
+    quiz = write_quiz_names(tmp_path / "quiz", train=(0, 0, 5))
+    code, out, _ = dry_run(workflow, quiz, training={"inference_checkpoint": "best_f1"})
+    assert_refused_before_any_work(
+        workflow, code, out, "training.inference_checkpoint 'best_f1' is chosen by the classification head"
+    )
 
 
 def test_an_unknown_configuration_is_refused(workflow, tmp_path):

@@ -23,6 +23,8 @@ from pancreas_mtl.nnunet.planning import training_configuration_name  # noqa: E4
 from pancreas_mtl.nnunet.trainer_names import STAGE1_TRAINER  # noqa: E402
 from pancreas_mtl.nnunet.trainer_names import STAGE2_TRAINERS  # noqa: E402
 from pancreas_mtl.training.selection import CHECKPOINT_FILES  # noqa: E402
+from pancreas_mtl.training.selection import STAGE1_CHECKPOINTS  # noqa: E402
+from pancreas_mtl.training.selection import STAGE2_CHECKPOINTS  # noqa: E402
 
 check_config(
     config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
@@ -93,9 +95,6 @@ INFERENCE_CHECKPOINT = CHECKPOINT_FILES[
 STAGE2_INIT_CHECKPOINT = CHECKPOINT_FILES[
     config["training"]["stage2_init"] if FOLDER.select_checkpoints else "final"
 ]
-# What each training stage writes: its final weights and the checkpoints its selection scores keep.
-STAGE1_CHECKPOINTS = ["final", "best_combined"]
-STAGE2_CHECKPOINTS = ["final", "best_combined", "best_f1"]
 
 
 wildcard_constraints:
@@ -177,6 +176,13 @@ MODEL_STAGES = {
     Path(STAGE1_MODEL).name: ("stage1", STAGE1_TRAINER),
     Path(STAGE2_MODEL).name: ("stage2", STAGE2_TRAINER),
 }
+# Segmentation only (training.mode, or auto on a folder of one subtype): stage 1 is the model that predicts, and
+# nothing asks for stage 2.
+SEGMENTATION_ONLY = FOLDER.segmentation_only
+PREDICTION_MODEL = STAGE1_MODEL if SEGMENTATION_ONLY else STAGE2_MODEL
+TRAINED_MODELS = [Path(STAGE1_MODEL).name] + (
+    [] if SEGMENTATION_ONLY else [Path(STAGE2_MODEL).name]
+)
 
 
 def stage_of_model(model):
@@ -212,10 +218,10 @@ LESION_PRIOR_THRESHOLD = lesion_prior_threshold(config["postprocessing"])
 
 
 def final_validation_summaries():
-    """nnU-Net's final validation of every trained fold of both stages."""
+    """nnU-Net's final validation of every trained fold of each stage the run trains."""
     return expand(
         f"{TRAINED_DATASET}/{{model}}/fold_{{fold}}/validation/summary.json",
-        model=list(MODEL_STAGES),
+        model=TRAINED_MODELS,
         fold=FOLDS,
     )
 
@@ -254,15 +260,87 @@ def preprocess_threads():
     return config["resources"]["preprocess_threads"]
 
 
+def evaluation_outputs():
+    """The metrics files; a segmentation-only run has no classification metrics."""
+    outputs = {
+        "summary": "results/metrics/summary.json",
+        "per_case": "results/metrics/segmentation_per_case.csv",
+        "segmentation": "results/metrics/segmentation_summary.json",
+        "prior_effect": "results/metrics/lesion_prior_effect.csv",
+    }
+    if not SEGMENTATION_ONLY:
+        outputs["classification"] = "results/metrics/classification.json"
+    return outputs
+
+
+def report_figures():
+    """The report's figures by output name: (file, caption, category). A segmentation-only run draws those that need
+    neither the classification head nor the inference benchmark."""
+    figures = {
+        "training_curves": (
+            "results/report/training_curves.png",
+            "training_curves.rst",
+            "Training",
+        ),
+        "dice_distribution": (
+            "results/report/dice_distribution.png",
+            "dice_distribution.rst",
+            "Validation",
+        ),
+        "overlay_montage": (
+            "results/report/overlay_montage.png",
+            "overlay_montage.rst",
+            "Validation",
+        ),
+    }
+    if not SEGMENTATION_ONLY:
+        figures["confusion_matrix"] = (
+            "results/report/confusion_matrix.png",
+            "confusion_matrix.rst",
+            "Validation",
+        )
+        figures["benchmark"] = (
+            "results/benchmark/benchmark.png",
+            "benchmark.rst",
+            "Inference benchmark",
+        )
+    return figures
+
+
+def report_plot_inputs():
+    inputs = {
+        "stage1_checkpoint": f"{STAGE1_MODEL}/fold_{FOLDS[0]}/checkpoint_final.pth",
+        "segmentation_per_case": "results/metrics/segmentation_per_case.csv",
+        "case_table": dataset_tables(DATASET)["case_table"],
+        "raw_dataset": raw_dataset(DATASET),
+        "predictions": "results/predictions/validation",
+    }
+    if not SEGMENTATION_ONLY:
+        inputs.update(
+            stage2_checkpoint=f"{STAGE2_MODEL}/fold_{FOLDS[0]}/checkpoint_final.pth",
+            classification="results/metrics/classification.json",
+            benchmark="results/benchmark/summary.json",
+            benchmark_per_case="results/benchmark/per_case.csv",
+        )
+    return inputs
+
+
 def all_targets():
     """Everything the main command makes, less what the folder cannot support (FOLDER's fallbacks)."""
-    test = ["results/subtype_results.csv", "results/submission.zip"]
-    validation = [
-        "results/metrics/summary.json",
-        "results/benchmark/summary.json",
-        "results/report/training_curves.png",
-        "results/report/overlay_montage.png",
-    ]
+    if SEGMENTATION_ONLY:
+        test = ["results/predictions/test"]
+        validation = [
+            "results/metrics/summary.json",
+            *(path for path, _, _ in report_figures().values()),
+        ]
+    else:
+        test = ["results/subtype_results.csv", "results/submission.zip"]
+        validation = [
+            "results/metrics/summary.json",
+            "results/benchmark/summary.json",
+            "results/report/training_curves.png",
+            "results/report/overlay_montage.png",
+        ]
     return [
         *(test if FOLDER.predict_test else []),
         *(validation if FOLDER.evaluate_validation else []),

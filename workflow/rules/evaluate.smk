@@ -5,11 +5,7 @@ rule evaluate_validation:
         splits=dataset_tables(DATASET)["splits"],
         raw_dataset=raw_dataset(DATASET),
     output:
-        summary="results/metrics/summary.json",
-        per_case="results/metrics/segmentation_per_case.csv",
-        segmentation="results/metrics/segmentation_summary.json",
-        classification="results/metrics/classification.json",
-        prior_effect="results/metrics/lesion_prior_effect.csv",
+        **evaluation_outputs(),
     log:
         "logs/evaluate_validation.log",
     benchmark:
@@ -19,10 +15,12 @@ rule evaluate_validation:
     params:
         folds=FOLDS,
         nsd_tolerance_mm=config["evaluation"]["nsd_tolerance_mm"],
+        classification=not SEGMENTATION_ONLY,
         extra={
             "checkpoint": INFERENCE_CHECKPOINT,
             "folds": FOLDS,
-            "head": config["training"]["head"],
+            "model": "stage1" if SEGMENTATION_ONLY else "stage2",
+            "head": None if SEGMENTATION_ONLY else config["training"]["head"],
             "configuration": TRAIN_CONFIGURATION,
             "inference": config["inference"],
         },

@@ -1,6 +1,6 @@
 rule predict_split:
     input:
-        **model_files(STAGE2_MODEL, FOLDS, INFERENCE_CHECKPOINT),
+        **model_files(PREDICTION_MODEL, FOLDS, INFERENCE_CHECKPOINT),
         cases=lambda wildcards: split_cases(DATASET, wildcards.split)["cases"],
         images=lambda wildcards: split_cases(DATASET, wildcards.split)["images"],
     output:
@@ -20,6 +20,7 @@ rule predict_split:
         model_folder=lambda wildcards, input: model_folder_of(input.plans),
         folds=FOLDS,
         checkpoint=INFERENCE_CHECKPOINT,
+        classification=not SEGMENTATION_ONLY,
         inference=config["inference"],
         lesion_prior_threshold=LESION_PRIOR_THRESHOLD,
     script:

@@ -1,40 +1,11 @@
 rule report_plots:
     input:
-        stage1_checkpoint=f"{STAGE1_MODEL}/fold_{FOLDS[0]}/checkpoint_final.pth",
-        stage2_checkpoint=f"{STAGE2_MODEL}/fold_{FOLDS[0]}/checkpoint_final.pth",
-        segmentation_per_case="results/metrics/segmentation_per_case.csv",
-        classification="results/metrics/classification.json",
-        case_table=dataset_tables(DATASET)["case_table"],
-        raw_dataset=raw_dataset(DATASET),
-        predictions="results/predictions/validation",
-        benchmark="results/benchmark/summary.json",
-        benchmark_per_case="results/benchmark/per_case.csv",
+        **report_plot_inputs(),
     output:
-        training_curves=report(
-            "results/report/training_curves.png",
-            caption="../report/training_curves.rst",
-            category="Training",
-        ),
-        confusion_matrix=report(
-            "results/report/confusion_matrix.png",
-            caption="../report/confusion_matrix.rst",
-            category="Validation",
-        ),
-        dice_distribution=report(
-            "results/report/dice_distribution.png",
-            caption="../report/dice_distribution.rst",
-            category="Validation",
-        ),
-        overlay_montage=report(
-            "results/report/overlay_montage.png",
-            caption="../report/overlay_montage.rst",
-            category="Validation",
-        ),
-        benchmark=report(
-            "results/benchmark/benchmark.png",
-            caption="../report/benchmark.rst",
-            category="Inference benchmark",
-        ),
+        **{
+            name: report(path, caption=f"../report/{caption}", category=category)
+            for name, (path, caption, category) in report_figures().items()
+        },
     log:
         "logs/report_plots.log",
     benchmark:

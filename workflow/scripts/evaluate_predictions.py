@@ -1,8 +1,10 @@
 """Snakemake script: segmentation and classification metrics of the validation predictions.
 
-Inputs: ``predictions`` (folder with ``{case_id}.nii.gz`` masks and ``class_probabilities.csv``),
+Inputs: ``predictions`` (folder with ``{case_id}.nii.gz`` masks and, unless ``classification`` is false,
+``class_probabilities.csv``),
 ``case_table``, ``splits`` (which cases selected each fold's checkpoint: recorded in the summary),
-``raw_dataset``. Params: ``folds``, ``nsd_tolerance_mm``, ``extra`` (dict merged into the summary).
+``raw_dataset``. Params: ``folds``, ``nsd_tolerance_mm``, ``classification`` (False for a segmentation model),
+``extra`` (dict merged into the summary).
 Output: ``summary`` (``.../summary.json``); the other result files are written beside it.
 All logic lives in :func:`pancreas_mtl.evaluation.validation_report.evaluate_validation_predictions`.
 """
@@ -25,6 +27,7 @@ def main():
             "checkpoint_selection_cases": read_selection_cases(smk.input.splits, smk.params.folds),
         },
         n_workers=smk.threads,
+        classification=smk.params.classification,
     )
 
 

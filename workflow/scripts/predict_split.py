@@ -8,14 +8,18 @@ def main():
     params = snakemake.params
     images = split_images(snakemake.input.cases, snakemake.input.images, snakemake.wildcards.split)
     settings = InferenceSettings.from_config(params.inference, snakemake.threads)
-    predictor = build_predictor(params.model_folder, params.folds, params.checkpoint, settings)
+    # segmentation only: the stage-1 model, which has no classification head, and no class probabilities
+    predictor = build_predictor(
+        params.model_folder, params.folds, params.checkpoint, settings, classification=params.classification
+    )
     try:
         probabilities = predict_images(
             predictor, images, snakemake.output.predictions, settings, params.lesion_prior_threshold
         )
     finally:
         predictor.close()
-    write_class_probabilities(snakemake.output.predictions, probabilities)
+    if params.classification:
+        write_class_probabilities(snakemake.output.predictions, probabilities)
 
 
 # The predictor's preprocessing and export workers are spawned processes that import this file again.

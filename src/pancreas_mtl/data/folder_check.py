@@ -5,7 +5,7 @@ the conversion validates the files), or takes them from the synthetic data's con
 :func:`folder_plan` turns the counts and the config into what the run does: refusals (one message per problem,
 naming the folder, the counts and the setting to change) and fallbacks (a missing ``validation/`` or ``test/``
 leaves its targets out; too few training cases for a selection split train on all of them and use the last epoch's
-checkpoint), each stated in the log.
+checkpoint; a folder of one subtype runs the segmentation path alone), each stated in the log.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ from pathlib import Path
 
 from pancreas_mtl.data.labels import SUBTYPES
 from pancreas_mtl.data.quiz_layout import LABELLED_SPLITS, discover_quiz_cases
+
+# up: the checkpoints a segmentation-only run can use are those stage 1's trainer keeps (training owns them)
+from pancreas_mtl.training.selection import STAGE1_CHECKPOINTS
 
 #: nnU-Net's configurations a planner may plan; the workflow preprocesses 3d_fullres only (and its CPU configuration
 #: inherits that preprocessed data)
@@ -68,13 +71,14 @@ def quiz_counts(quiz_dir: str | Path) -> QuizCounts:
 
 def synthetic_counts(counts: dict) -> QuizCounts:
     """The synthetic data's configured counts (``synthetic.counts``)."""
-    test = int(counts["test"])
+    test, validation = int(counts["test"]), tuple(counts["validation"])
     return QuizCounts(
         "the synthetic data (synthetic.counts)",
         tuple(counts["train"]),
-        tuple(counts["validation"]),
+        validation,
         test,
-        ("test",) if test == 0 else (),
+        # the generator makes no folder for a split without cases
+        tuple(split for split, n in (("validation", sum(validation)), ("test", test)) if n == 0),
     )
 
 
@@ -90,6 +94,9 @@ class FolderPlan:
     # False: too few training cases to hold any out; the models train on all of them and the last epoch's
     # checkpoint (checkpoint_final) is the one used
     select_checkpoints: bool = True
+    # True: stage 1 alone (training.mode segmentation, or auto on a folder of one subtype): no classification head,
+    # no stage 2, no subtype results
+    segmentation_only: bool = False
 
 
 def _counts_text(counts: tuple[int, ...]) -> str:
@@ -106,18 +113,31 @@ def folder_plan(counts: QuizCounts, config: dict) -> FolderPlan:
         return plan
 
     present = [s for s, n in zip(SUBTYPES, train) if n > 0]
-    if len(present) == 1:
-        plan.problems.append(
-            f"{where}/train: only subtype {present[0]} has training cases ({_counts_text(train)}): the "
-            "classification head needs at least two subtypes. Segmentation-only folders run the segmentation path "
-            "alone, a mode not supported yet (README: 'What a folder needs'); add cases of the other subtypes"
+    mode = training["mode"]
+    if mode == "segmentation":
+        plan.segmentation_only = True
+        plan.notes.append(
+            "training.mode segmentation: stage 1 alone (segmentation), without the classification head: no stage 2, "
+            "no subtype results and no submission"
+        )
+    elif mode == "auto" and len(present) == 1:
+        plan.segmentation_only = True
+        plan.notes.append(
+            f"{where}/train: only subtype {present[0]} has training cases ({_counts_text(train)}): the segmentation "
+            "path runs alone (training.mode auto): stage 1 without the classification head, no stage 2, no subtype "
+            "results and no submission. Add cases of the other subtypes to train the classifier"
         )
     elif len(present) < len(SUBTYPES):
         absent = [s for s in SUBTYPES if s not in present]
         plan.problems.append(
             f"{where}/train: no training cases of subtype(s) {', '.join(map(str, absent))} ({_counts_text(train)}): "
             "the classifier cannot learn a subtype it never sees; add cases to train/subtype"
-            f"{absent[0]}/"
+            f"{absent[0]}/, or set training.mode: segmentation to train the segmentation alone"
+        )
+    if plan.segmentation_only and training["inference_checkpoint"] not in STAGE1_CHECKPOINTS:
+        plan.problems.append(
+            f"training.inference_checkpoint {training['inference_checkpoint']!r} is chosen by the classification "
+            f"head, which a segmentation-only run does not train: set one of {', '.join(STAGE1_CHECKPOINTS)}"
         )
 
     if training["split"] == "official":

@@ -207,10 +207,13 @@ def make_synthetic_quiz(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     start = time.perf_counter()
     try:
+        # a folder for each split and subtype that has cases, as a data set of fewer subtypes would be laid out
         for split in LABELLED_SPLITS:
             for s in SUBTYPES:
-                (tmp / split / f"subtype{s}").mkdir(parents=True)
-        (tmp / "test").mkdir()
+                if counts[split][s]:
+                    (tmp / split / f"subtype{s}").mkdir(parents=True)
+        if counts["test"]:
+            (tmp / "test").mkdir()
         relative = _run_tasks(tmp, tasks, n_workers)
         _refuse_existing(out)  # someone may have written there meanwhile
         if out.is_dir():

@@ -14,8 +14,8 @@
 ``summary.json`` keys: ``{prefix}_{metric}_{stat}`` for prefix ``whole_pancreas`` (region "whole") and
 ``lesion``, metric dice/nsd/hd95/msd and stat mean/std/median/n_undefined (e.g. ``lesion_dice_mean``,
 ``whole_pancreas_hd95_n_undefined``); ``macro_f1``, ``balanced_accuracy``, ``accuracy``,
-``brier_score``, ``ece``, ``n_cases`` (classified validation cases), ``n_segmentation_cases`` and
-``nsd_tolerance_mm``. NaN and infinities are written as JSON ``null`` everywhere.
+``brier_score``, ``ece``, ``n_cases`` (classified validation cases; these six only with a classification head),
+``n_segmentation_cases`` and ``nsd_tolerance_mm``. NaN and infinities are written as JSON ``null`` everywhere.
 :func:`read_segmentation_per_case` reads ``segmentation_per_case.csv`` back (the report does).
 """
 
@@ -74,9 +74,10 @@ def write_json(path: Path, obj) -> None:
 
 
 def flat_summary(
-    seg_summary: dict, cls: dict, n_segmentation_cases: int | None = None, nsd_tolerance_mm: float | None = None
+    seg_summary: dict, cls: dict | None, n_segmentation_cases: int | None = None, nsd_tolerance_mm: float | None = None
 ) -> dict:
-    """The flat headline dict of ``summary.json`` (before ``extra`` is merged)."""
+    """The flat headline dict of ``summary.json`` (before ``extra`` is merged); without ``cls`` (a segmentation
+    model) it has no classification keys."""
     out: dict = {}
     for region, prefix in REGION_PREFIX.items():
         metrics = seg_summary.get(region, {})
@@ -84,9 +85,10 @@ def flat_summary(
             stats = metrics.get(metric, {})
             for stat in SUMMARY_STATS:
                 out[f"{prefix}_{metric}_{stat}"] = stats.get(stat, float("nan"))
-    for key in CLASSIFICATION_KEYS:
-        out[key] = cls.get(key, float("nan"))
-    out["n_cases"] = cls.get("n_cases")
+    if cls is not None:
+        for key in CLASSIFICATION_KEYS:
+            out[key] = cls.get(key, float("nan"))
+        out["n_cases"] = cls.get("n_cases")
     out["n_segmentation_cases"] = n_segmentation_cases
     out["nsd_tolerance_mm"] = nsd_tolerance_mm
     return out
@@ -96,12 +98,13 @@ def write_metrics(
     out_dir: Path,
     seg_table: pd.DataFrame,
     seg_summary: dict,
-    cls: dict,
+    cls: dict | None,
     extra: dict | None = None,
     *,
     nsd_tolerance_mm: float | None = None,
 ) -> dict:
-    """Write the four result files into ``out_dir`` and return the (JSON-safe) summary.
+    """Write the four result files into ``out_dir`` and return the (JSON-safe) summary; without ``cls`` (a
+    segmentation model) there is no ``classification.json`` and the summary has no classification keys.
 
     ``nsd_tolerance_mm`` defaults to the value :func:`evaluate_segmentation` kept in
     ``seg_table.attrs``. ``extra`` (e.g. checkpoint, folds) is merged into the summary; a key of
@@ -124,7 +127,8 @@ def write_metrics(
     seg_table.to_csv(tmp, index=False, na_rep="")
     os.replace(tmp, csv_path)
     write_json(out_dir / SEGMENTATION_SUMMARY_FILE, seg_summary)
-    write_json(out_dir / CLASSIFICATION_FILE, cls)
+    if cls is not None:
+        write_json(out_dir / CLASSIFICATION_FILE, cls)
     write_json(out_dir / SUMMARY_FILE, summary)
     return summary
 

@@ -41,12 +41,12 @@ from pancreas_mtl.evaluation.summary import (
 log = logging.getLogger(__name__)
 
 
-def validation_cases(case_table: str | Path) -> pd.DataFrame:
-    """The validation rows of the case table; each must have a subtype and a mask."""
+def validation_cases(case_table: str | Path, classification: bool = True) -> pd.DataFrame:
+    """The validation rows of the case table; each must have a mask, and a subtype where ``classification``."""
     validation = split_cases(case_table, "validation")
     if validation.empty:
         raise UserInputError(f"{case_table}: no rows with split == 'validation'")
-    no_subtype = validation.loc[validation["subtype"].isna(), "case_id"].tolist()
+    no_subtype = validation.loc[validation["subtype"].isna(), "case_id"].tolist() if classification else []
     no_mask = validation.loc[validation["mask"].fillna("").astype(str).str.strip() == "", "case_id"].tolist()
     if no_subtype or no_mask:
         raise UserInputError(
@@ -83,17 +83,19 @@ def evaluate_validation_predictions(
     nsd_tolerance_mm: float,
     extra: dict | None = None,
     n_workers: int = 1,
+    classification: bool = True,
 ) -> dict:
     """Score the validation predictions and write the metrics files; return the ``summary.json`` dict.
 
-    ``predictions_dir`` holds ``{case_id}.nii.gz`` masks and ``class_probabilities.csv``; the reference
+    ``predictions_dir`` holds ``{case_id}.nii.gz`` masks and ``class_probabilities.csv`` (not read, and no
+    classification metrics written, with ``classification=False``: a segmentation model's predictions); the reference
     masks are the case table's ``mask`` paths under ``raw_dataset``. The four files of
     :func:`~pancreas_mtl.evaluation.summary.write_metrics` go to ``summary_path``'s folder (the summary is
     also written to ``summary_path`` itself when it is not named ``summary.json``). ``extra`` is merged
     into the summary; ``n_workers`` processes compute the segmentation metrics.
     """
     predictions_dir, raw_dataset, summary_path = Path(predictions_dir), Path(raw_dataset), Path(summary_path)
-    validation = validation_cases(case_table)
+    validation = validation_cases(case_table, classification)
     expected = {mask_file_name(c) for c in validation["case_id"]}
     pairs = [
         (row.case_id, predictions_dir / mask_file_name(row.case_id), raw_dataset / row.mask)
@@ -104,7 +106,7 @@ def evaluate_validation_predictions(
         log.info("ignoring %d prediction(s) of non-validation cases: %s", len(ignored), ", ".join(ignored[:10]))
     seg_table = evaluate_segmentation(pairs, nsd_tolerance_mm=nsd_tolerance_mm, n_workers=n_workers)
     seg_summary = summarize_segmentation(seg_table)
-    cls = _classification(validation, predictions_dir)
+    cls = _classification(validation, predictions_dir) if classification else None
     effect, prior_keys = _lesion_prior_effect(
         predictions_dir, pairs, seg_table, seg_summary, nsd_tolerance_mm, n_workers
     )
@@ -121,10 +123,10 @@ def evaluate_validation_predictions(
     if summary_path.name != SUMMARY_FILE:
         write_json(summary_path, summary)
     log.info(
-        "whole pancreas Dice %s, lesion Dice %s, macro-F1 %s over %d validation case(s); results in %s",
+        "whole pancreas Dice %s, lesion Dice %s%s over %d validation case(s); results in %s",
         _fmt(summary["whole_pancreas_dice_mean"]),
         _fmt(summary["lesion_dice_mean"]),
-        _fmt(summary["macro_f1"]),
+        f", macro-F1 {_fmt(summary['macro_f1'])}" if classification else "",
         len(validation),
         summary_path.parent,
     )

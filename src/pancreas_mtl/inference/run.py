@@ -1,4 +1,5 @@
-"""Predicting a split with the multi-task predictor: masks on the input's grid plus class probabilities."""
+"""Predicting a split with the multi-task predictor: masks on the input's grid plus class probabilities (masks alone
+with a segmentation model)."""
 
 from __future__ import annotations
 
@@ -71,10 +72,13 @@ def build_predictor(
     checkpoint_name: str,
     settings: InferenceSettings,
     start_workers: bool = True,
+    classification: bool = True,
 ) -> MultiTaskPredictor:
-    """Load the trained multi-task model once (it stays resident for every case predicted with it).
+    """Load the trained model once (it stays resident for every case predicted with it).
 
     ``start_workers=False`` for a predictor that only computes on preprocessed data (no :meth:`predict_files`).
+    ``classification=False`` takes a segmentation model (stage 1) as well; by default the model must have the
+    classification head.
     """
     register_trainers()
     predictor = MultiTaskPredictor(
@@ -88,7 +92,7 @@ def build_predictor(
         if start_workers:  # they start up (import nnU-Net) while this process loads the weights
             predictor.start_workers(settings.preprocessing_workers, settings.export_workers)
         predictor.initialize_from_trained_model_folder(str(model_folder), tuple(folds), checkpoint_name)
-        if not predictor.has_classification_head:
+        if classification and not predictor.has_classification_head:
             raise TypeError(
                 f"{model_folder}: the model has no classification head; the multi-task predictor needs a model "
                 "trained with nnUNetTrainerPancreasMultiTask*"
@@ -107,7 +111,8 @@ def predict_images(
     lesion_prior_threshold: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Write ``{case_id}.nii.gz`` per image into output_dir (with the lesion-presence prior when its threshold is
-    given, recorded in ``lesion_prior.json``); return the class probabilities per case, in the images' order."""
+    given, recorded in ``lesion_prior.json``); return the class probabilities per case, in the images' order
+    (none for a model without the classification head)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     case_ids = [case_id_of_image(image) for image in images]
@@ -131,6 +136,8 @@ def predict_images(
             ", ".join(sorted(predictor.lesion_prior_changes)) or "none",
         )
     log.info("predicted %d case(s) in %.1f s", len(images), time.perf_counter() - start)
+    if not predictor.has_classification_head:
+        return {}
     missing = [c for c in case_ids if c not in predictor.class_probabilities]
     if missing:
         raise RuntimeError(f"no class probabilities for: {', '.join(missing)}")

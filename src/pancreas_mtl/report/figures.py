@@ -95,35 +95,36 @@ def plot_benchmark_files(summary_json: str | Path, per_case_csv: str | Path, out
 def make_report_figures(
     *,
     stage1_checkpoint: str | Path,
-    stage2_checkpoint: str | Path,
     segmentation_per_case: str | Path,
-    classification: str | Path,
     case_table: str | Path,
     raw_dataset: str | Path,
     predictions: str | Path,
-    benchmark: str | Path,
-    benchmark_per_case: str | Path,
     training_curves_png: str | Path,
-    confusion_matrix_png: str | Path,
     dice_distribution_png: str | Path,
     overlay_montage_png: str | Path,
-    benchmark_png: str | Path,
+    stage2_checkpoint: str | Path | None = None,
+    classification: str | Path | None = None,
+    confusion_matrix_png: str | Path | None = None,
+    benchmark: str | Path | None = None,
+    benchmark_per_case: str | Path | None = None,
+    benchmark_png: str | Path | None = None,
 ) -> dict[str, Path]:
-    """Draw the five report figures, in this order: training curves (both stages' checkpoints), confusion
-    matrix (``classification.json``), Dice distributions (per-case table with the true subtypes), best/worst
-    overlays and the inference benchmark. Returns ``{figure name: PNG path}``."""
-    stage_logs = {
-        "stage 1": plots.load_stage_logging(stage1_checkpoint),
-        "stage 2": plots.load_stage_logging(stage2_checkpoint),
-    }
+    """Draw the report figures, in this order: training curves (each stage's checkpoint), confusion matrix
+    (``classification.json``), Dice distributions (per-case table with the true subtypes), best/worst overlays and
+    the inference benchmark. A segmentation-only run has no stage 2, classification or benchmark: those are None
+    and their figures are not drawn. Returns ``{figure name: PNG path}``."""
+    stage_logs = {"stage 1": plots.load_stage_logging(stage1_checkpoint)}
+    if stage2_checkpoint is not None:
+        stage_logs["stage 2"] = plots.load_stage_logging(stage2_checkpoint)
     out = {"training_curves": plots.plot_training_curves(stage_logs, training_curves_png)}
     log.info("training curves -> %s", out["training_curves"])
 
-    cls = json.loads(Path(classification).read_text())
-    out["confusion_matrix"] = plots.plot_confusion_matrix(
-        cls["confusion_matrix"], confusion_matrix_png, macro_f1=cls.get("macro_f1")
-    )
-    log.info("confusion matrix -> %s", out["confusion_matrix"])
+    if classification is not None:
+        cls = json.loads(Path(classification).read_text())
+        out["confusion_matrix"] = plots.plot_confusion_matrix(
+            cls["confusion_matrix"], confusion_matrix_png, macro_f1=cls.get("macro_f1")
+        )
+        log.info("confusion matrix -> %s", out["confusion_matrix"])
 
     cases = read_case_table(case_table)
     per_case = with_subtypes(read_segmentation_per_case(segmentation_per_case), cases)
@@ -136,6 +137,7 @@ def make_report_figures(
         "overlay montage (%s) -> %s", ", ".join(f"{c['case_id']} {c['label']}" for c in montage), out["overlay_montage"]
     )
 
-    out["benchmark"] = plot_benchmark_files(benchmark, benchmark_per_case, benchmark_png)
-    log.info("benchmark -> %s", out["benchmark"])
+    if benchmark is not None:
+        out["benchmark"] = plot_benchmark_files(benchmark, benchmark_per_case, benchmark_png)
+        log.info("benchmark -> %s", out["benchmark"])
     return out

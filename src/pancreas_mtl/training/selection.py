@@ -10,6 +10,10 @@ CHECKPOINT_FILES = {
     "best_combined": "checkpoint_best_combined.pth",
     "best_f1": "checkpoint_best_f1.pth",
 }
+# What each training stage writes: its final weights and the checkpoints its selection scores keep (stage 1 has no
+# classification head, so no macro-F1).
+STAGE1_CHECKPOINTS = ("final", "best_combined")
+STAGE2_CHECKPOINTS = ("final", "best_combined", "best_f1")
 # Which checkpoint keeps the best value of each selection score.
 SCORE_CHECKPOINTS = {"combined": CHECKPOINT_FILES["best_combined"], "macro_f1": CHECKPOINT_FILES["best_f1"]}
 
