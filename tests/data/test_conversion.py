@@ -409,7 +409,6 @@ def _run_script(quiz_dir: Path, tmp_path: Path, threads: int = 1) -> Path:
     smk = SimpleNamespace(
         params=SimpleNamespace(
             quiz_dir=str(quiz_dir),
-            allow_partial=False,
             split_scheme="official",
             k=5,
             split_seed=12345,
@@ -621,3 +620,24 @@ def test_snakemake_script_converts_the_test_images(quiz_dir, tmp_path):
     _run_rule_script("convert_test_images.py", smk)
     assert len(read_case_table(paths["test_table_csv"])) == 2
     assert "copying 2 test image(s)" in (tmp_path / "logs" / "convert_test_images.log").read_text()
+
+
+def test_a_plain_segmentation_set_converts_without_subtypes(quiz_builder, tmp_path):
+    """Pairs directly in train/ and validation/ (no subtype folders): converted as any case, labels rounded, with an
+    empty subtype in the case table; the selection split is drawn over all training cases."""
+    root = quiz_builder.standard(n_train=2, n_validation=1, n_test=0)
+    for split in ("train", "validation"):
+        for subtype_folder in sorted((root / split).iterdir()):
+            for f in subtype_folder.iterdir():
+                f.rename(root / split / f.name.replace("quiz_", "scan-"))
+            subtype_folder.rmdir()
+    summary, paths = convert(root, tmp_path, allow_partial=True, split_seed=3, selection_fraction=0.34)
+    assert summary["cases"] == {"train": 6, "validation": 3}
+    table = read_case_table(paths["case_table_csv"])
+    assert table["subtype"].isna().all() and table["case_id"].str.startswith("scan-").all()
+    splits = json.loads(Path(paths["splits_json"]).read_text())
+    assert len(splits) == 1 and len(splits[0]["val"]) == 2 and len(splits[0]["train"]) == 4
+    assert not set(splits[0]["val"]) & set(table.loc[table["split"] == "validation", "case_id"])
+    for case_id in table["case_id"]:
+        labels = np.asarray(nib.load(Path(paths["raw_dataset_dir"]) / "labelsTr" / f"{case_id}.nii.gz").dataobj)
+        assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2}

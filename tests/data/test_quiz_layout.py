@@ -120,7 +120,8 @@ def test_split_without_subtype_folders_is_one_problem(quiz_builder):
         sub.rmdir()
     _, problems = discover_quiz_cases(root)
     assert problems == [
-        "validation: no cases: the validation/ folder has none of the subtype0/, subtype1/, subtype2/ folders"
+        "validation: no cases: the validation/ folder has none of the subtype0/, subtype1/, subtype2/ folders and no "
+        "image and mask pairs ({ID}_0000.nii.gz, {ID}.nii.gz)"
     ]
 
 
@@ -131,3 +132,52 @@ def test_problems_are_relative_to_quiz_dir(quiz_builder):
     assert len(problems) == 1
     assert problems[0].startswith("test/quiz_1_2_3.nii.gz: ")
     assert not Path(problems[0].split(":")[0]).is_absolute()
+
+
+def _touch(folder, *names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"")
+
+
+def test_a_plain_layout_holds_pairs_without_subtypes(tmp_path):
+    """A segmentation set as nnU-Net lays it out: pairs directly in train/ (and validation/), any case ids."""
+    root = tmp_path / "seg"
+    _touch(root / "train", "pan-01_0000.nii.gz", "pan-01.nii.gz", "case_7_0000.nii.gz", "case_7.nii.gz")
+    _touch(root / "validation", "v1_0000.nii.gz", "v1.nii.gz")
+    cases, problems = discover_quiz_cases(root, allow_partial=True, splits=("train", "validation"))
+    assert problems == []
+    assert [(c.case_id, c.split, c.subtype) for c in cases] == [
+        ("case_7", "train", None),
+        ("pan-01", "train", None),
+        ("v1", "validation", None),
+    ]
+    assert cases[0].image.name == "case_7_0000.nii.gz" and cases[0].mask.name == "case_7.nii.gz"
+
+
+def test_a_plain_layouts_problems_name_their_files(tmp_path):
+    root = tmp_path / "seg"
+    _touch(root / "train", "a_0000.nii.gz", "b.nii.gz", "c d_0000.nii.gz", "e.nii", "same_0000.nii.gz", "same.nii.gz")
+    _touch(root / "validation", "same_0000.nii.gz", "same.nii.gz")
+    _, problems = discover_quiz_cases(root, allow_partial=True, splits=("train", "validation"))
+    assert sorted(problems) == sorted(
+        [
+            "train/a_0000.nii.gz: image without mask: a.nii.gz is missing next to it",
+            "train/b.nii.gz: mask without image: b_0000.nii.gz is missing next to it",
+            "train/c d_0000.nii.gz: file name does not match; expected {ID}_0000.nii.gz (image) and {ID}.nii.gz "
+            "(mask), ID of letters, digits, _ and -",
+            "train/e.nii: uncompressed .nii files are not supported; expected {ID}_0000.nii.gz (image) and "
+            "{ID}.nii.gz (mask), ID of letters, digits, _ and -",
+            "train/same_0000.nii.gz, validation/same_0000.nii.gz: case id same is used by 2 cases (unique across "
+            "splits)",
+        ]
+    )
+
+
+def test_files_next_to_subtype_folders_are_strays(quiz_builder):
+    root = quiz_builder.standard(n_train=1, n_validation=1, n_test=1)
+    _touch(root / "train", "loose_0000.nii.gz", "loose.nii.gz")
+    cases, problems = discover_quiz_cases(root)
+    assert not [c for c in cases if c.case_id == "loose"]
+    assert sorted(p.split(":")[0] for p in problems) == ["train/loose.nii.gz", "train/loose_0000.nii.gz"], problems
+    assert all("outside the expected layout" in p for p in problems)

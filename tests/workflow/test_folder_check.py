@@ -142,6 +142,35 @@ def test_the_real_ct_folder_plans_stage1_its_validation_and_nothing_needing_a_se
     assert tree_digest(real_ct_dir) == before
 
 
+def write_plain_names(root: Path, train: int = 5, validation: int = 2) -> Path:
+    """A segmentation set laid out as nnU-Net's: image and mask pairs directly in train/ and validation/."""
+    for split, n in (("train", train), ("validation", validation)):
+        (root / split).mkdir(parents=True)
+        for i in range(n):
+            (root / split / f"{split}-{i}_0000.nii.gz").write_bytes(b"")
+            (root / split / f"{split}-{i}.nii.gz").write_bytes(b"")
+    return root
+
+
+def test_a_folder_without_subtype_folders_runs_the_segmentation_path(workflow, tmp_path):
+    quiz = write_plain_names(tmp_path / "quiz")
+    code, out, jobs = dry_run(workflow, quiz)
+    assert code == 0, out
+    table = out[out.index(f"cases in {quiz}:") :].splitlines()[:5]
+    assert table[1].split() == ["subtype0", "subtype1", "subtype2", "plain", "total"], table
+    assert re.fullmatch(r"train\s+0\s+0\s+0\s+5\s+5", table[2]) and re.fullmatch(r"test\s+missing", table[4]), table
+    assert "holds 5 image and mask pairs without subtype folders: the segmentation path runs alone" in out
+    assert_segmentation_only(out, jobs)
+
+
+def test_a_folder_without_subtype_folders_is_refused_in_multitask_mode(workflow, tmp_path):
+    quiz = write_plain_names(tmp_path / "quiz")
+    code, out, _ = dry_run(workflow, quiz, training={"mode": "multitask"})
+    assert_refused_before_any_work(
+        workflow, code, out, "holds 5 image and mask pairs without subtype folders, and training.mode multitask"
+    )
+
+
 def test_segmentation_mode_is_chosen_by_hand_on_any_folder(workflow, tmp_path):
     quiz = write_quiz_names(tmp_path / "quiz", train=(2, 0, 3))
     code, out, jobs = dry_run(workflow, quiz, training={"mode": "segmentation"})

@@ -190,6 +190,7 @@ def edited_labelled_case(split: str):
     return made
 
 
+SEGMENTATION_ROW = "`training.mode` to `segmentation` (stage 1 predicts; nothing trains)"
 # Each README row's changes, made on the finished run (RUN_CONFIG) one at a time.
 ROW_CHANGES = {
     "a test image (added, removed or replaced)": [added_test_image(), removed_test_image()],
@@ -221,6 +222,7 @@ ROW_CHANGES = {
         with_config({"inference": {"tile_step_size": 0.75}}),
         with_config({"inference": {"mirror_axes": [0]}}),
     ],
+    SEGMENTATION_ROW: [with_config({"training": {"mode": "segmentation"}})],
     "`evaluation.*`": [with_config({"evaluation": {"nsd_tolerance_mm": 1.0}})],
     "`benchmark.*`": [with_config({"benchmark": {"repeats": 2, "max_cases": 2}})],
     "`wandb.*`, `resources.*`, `training.device`, `training.data_augmentation_workers` (how a run runs, not what it "
@@ -249,7 +251,10 @@ def test_every_readme_row_is_checked_here():
 
 @pytest.mark.parametrize("row", list(ROW_CHANGES), ids=lambda row: re.sub(r"[^a-z0-9_.*]+", "-", row.lower())[:40])
 def test_each_change_reruns_what_readme_says(finished_run, row):
-    expected = readme_rerun_table()[row] - OMITTED_RULES
+    # a segmentation-only run's report plots do not read the benchmark, so --omit-from leaves them in
+    expected = readme_rerun_table()[row] - (
+        OMITTED_RULES - {"report_plots"} if row == SEGMENTATION_ROW else OMITTED_RULES
+    )
     for make in ROW_CHANGES[row]:
         with ExitStack() as stack:
             change = stack.enter_context(make(finished_run))

@@ -1,6 +1,7 @@
 """A folder of one subtype runs the segmentation path end to end: the main command on a quiz folder holding subtype 2
-only (4 training, 2 validation cases and a test image), one stage-1 epoch. Stage 1 trains and predicts with the
-lesion-presence prior; the segmentation metrics and figures are made; nothing that needs a second subtype is.
+only (4 training cases in train/subtype2/, 2 validation cases laid out plainly, without a subtype folder, and a test
+image), one stage-1 epoch. Stage 1 trains and predicts with the lesion-presence prior; the segmentation metrics and
+figures are made; nothing that needs a second subtype is.
 """
 
 import json
@@ -51,6 +52,10 @@ def segmentation_run(tmp_path_factory):
     make_synthetic_quiz(
         workdir / "quiz", seed=5, counts={"train": [0, 0, 4], "validation": [0, 0, 2], "test": 1}, n_workers=2
     )
+    # the validation cases as a plain segmentation set lays them out: pairs directly in validation/
+    for path in sorted((workdir / "quiz" / "validation" / "subtype2").iterdir()):
+        path.rename(workdir / "quiz" / "validation" / path.name)
+    (workdir / "quiz" / "validation" / "subtype2").rmdir()
     (workdir / "run.yaml").write_text(yaml.safe_dump(RUN_CONFIG))
     start = time.perf_counter()
     result = run_snakemake(workdir, "--cores", "2", "--configfile", "run.yaml", "--show-failed-logs", timeout=600)
@@ -86,7 +91,7 @@ def test_nothing_that_needs_a_second_subtype_is_made(segmentation_run):
 
 def test_stage1_predicts_each_case_on_its_own_grid_with_the_prior_recorded(segmentation_run):
     workdir, _, _ = segmentation_run
-    for split, images in (("validation", "quiz/validation/subtype2"), ("test", "quiz/test")):
+    for split, images in (("validation", "quiz/validation"), ("test", "quiz/test")):
         folder = workdir / "results" / "predictions" / split
         record = json.loads((folder / "lesion_prior.json").read_text())
         assert record["enabled"] is True and record["relative_threshold"] == 0.5, record

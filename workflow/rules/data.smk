@@ -36,13 +36,6 @@ rule convert_quiz_to_nnunet:
         mem_mb=config["resources"]["preprocess_mem_mb"],
     params:
         quiz_dir=lambda wildcards: quiz_dir(wildcards.dataset),
-        # the real-scale sample, a folder without validation/ (its metrics are left out), or a segmentation-only
-        # folder (it needs no subtype folder but those it has)
-        allow_partial=lambda wildcards: (
-            wildcards.dataset == REAL_SCALE_DATASET
-            or not FOLDER.evaluate_validation
-            or FOLDER.segmentation_only
-        ),
         split_scheme=lambda wildcards: (
             "official"
             if wildcards.dataset == REAL_SCALE_DATASET

@@ -134,7 +134,7 @@ def make_splits(
         rng = np.random.default_rng(seed)
         fold_of: dict[str, int] = {}
         offset = 0
-        for subtype in sorted({c.subtype for c in train}):
+        for subtype in sorted({c.subtype for c in train}, key=_subtype_order):
             ids = [c.case_id for c in train if c.subtype == subtype]
             for position, index in enumerate(rng.permutation(len(ids))):
                 fold_of[ids[index]] = (position + offset) % k
@@ -149,6 +149,11 @@ def make_splits(
     raise UserInputError(f"unknown split scheme {scheme!r}; known schemes: {', '.join(SPLIT_SCHEMES)}")
 
 
+def _subtype_order(subtype: int | None) -> int:
+    """Subtypes in order; None (a plain layout's cases) first."""
+    return -1 if subtype is None else subtype
+
+
 def selection_cases(train: list[QuizCase], fraction: float, seed: int) -> set[str]:
     """A seeded ``fraction`` of each subtype's training cases, rounded, at least one of a subtype with two or
     more cases (a subtype with a single case keeps it for training)."""
@@ -156,7 +161,7 @@ def selection_cases(train: list[QuizCase], fraction: float, seed: int) -> set[st
         raise UserInputError(f"selection_fraction must be in (0, 0.5], got {fraction}")
     rng = np.random.default_rng(seed)
     selected: set[str] = set()
-    for subtype in sorted({c.subtype for c in train}):
+    for subtype in sorted({c.subtype for c in train}, key=_subtype_order):
         ids = sorted(c.case_id for c in train if c.subtype == subtype)
         selected.update(ids[i] for i in rng.permutation(len(ids))[: selection_size(len(ids), fraction)])
     if not selected and train:
@@ -183,7 +188,7 @@ def case_table_rows(cases: list[QuizCase]) -> list[dict[str, str]]:
         {
             "case_id": c.case_id,
             "split": c.split,
-            "subtype": str(c.subtype),
+            "subtype": "" if c.subtype is None else str(c.subtype),  # none in a plain (subtype-less) layout
             "image": f"imagesTr/{image_file_name(c.case_id)}",
             "mask": f"labelsTr/{mask_file_name(c.case_id)}",
         }

@@ -33,24 +33,31 @@ def selection_size(n_cases: int, fraction: float) -> int:
 
 @dataclass(frozen=True)
 class QuizCounts:
-    """Cases per subtype of train/ and validation/, test images, and the split folders that are missing."""
+    """Cases per subtype of train/ and validation/ (and those of a plain layout, without subtype folders), test
+    images, and the split folders that are missing."""
 
     where: str  # the quiz folder, or a description of the synthetic data
     train: tuple[int, ...]
     validation: tuple[int, ...]
     test: int
     missing: tuple[str, ...] = ()  # "validation", "test"
+    # labelled cases without a subtype (image and mask pairs directly in the split folder): train, validation
+    plain: tuple[int, int] = (0, 0)
+
+    def total(self, split: str) -> int:
+        """A labelled split's cases, with and without a subtype."""
+        return sum(getattr(self, split)) + self.plain[LABELLED_SPLITS.index(split)]
 
     def table(self) -> str:
-        """The counts as one table, for the start-up log."""
+        """The counts as one table, for the start-up log (a "plain" column where cases have no subtype)."""
         width = max(len(split) for split in (*LABELLED_SPLITS, "test"))
-        header = f"{'':{width}}  " + "  ".join(f"subtype{s}" for s in SUBTYPES) + "  total"
-        lines = [f"cases in {self.where}:", header]
-        for split in LABELLED_SPLITS:
-            counts = getattr(self, split)
-            shown = "missing" if split in self.missing else "  ".join(f"{n:8d}" for n in counts) + f"  {sum(counts):5d}"
-            lines.append(f"{split:{width}}  {shown}")
-        test = "missing" if "test" in self.missing else f"{'':{10 * len(SUBTYPES) - 2}}  {self.test:5d}"
+        columns = [f"subtype{s}" for s in SUBTYPES] + (["   plain"] if any(self.plain) else [])
+        lines = [f"cases in {self.where}:", f"{'':{width}}  " + "  ".join(columns) + "  total"]
+        for split, plain in zip(LABELLED_SPLITS, self.plain):
+            counts = (*getattr(self, split), plain)[: len(columns)]
+            shown = "  ".join(f"{n:8d}" for n in counts) + f"  {self.total(split):5d}"
+            lines.append(f"{split:{width}}  {'missing' if split in self.missing else shown}")
+        test = "missing" if "test" in self.missing else f"{'':{10 * len(columns) - 2}}  {self.test:5d}"
         lines.append(f"{'test':{width}}  {test}")
         return "\n".join(lines)
 
@@ -66,7 +73,9 @@ def quiz_counts(quiz_dir: str | Path) -> QuizCounts:
         for split in LABELLED_SPLITS
     }
     missing = tuple(split for split in ("train", "validation", "test") if not (root / split).is_dir())
-    return QuizCounts(str(root), per["train"], per["validation"], sum(1 for c in cases if c.split == "test"), missing)
+    plain = tuple(sum(1 for c in cases if c.split == split and c.subtype is None) for split in LABELLED_SPLITS)
+    test = sum(1 for c in cases if c.split == "test")
+    return QuizCounts(str(root), per["train"], per["validation"], test, missing, plain)
 
 
 def synthetic_counts(counts: dict) -> QuizCounts:
@@ -107,14 +116,31 @@ def folder_plan(counts: QuizCounts, config: dict) -> FolderPlan:
     """What ``counts`` support under ``config`` (schema-validated): the refusals and the fallbacks."""
     plan = FolderPlan(counts)
     where, training = counts.where, config["training"]
-    train = counts.train
-    if "train" in counts.missing or sum(train) == 0:
-        plan.problems.append(f"{where}: no training cases (train/subtype{{0,1,2}}/): nothing to train on")
+    train, n_train, n_plain = counts.train, counts.total("train"), counts.plain[0]
+    if "train" in counts.missing or n_train == 0:
+        plan.problems.append(
+            f"{where}: no training cases (train/subtype{{0,1,2}}/, or image and mask pairs directly in train/): "
+            "nothing to train on"
+        )
         return plan
 
     present = [s for s, n in zip(SUBTYPES, train) if n > 0]
     mode = training["mode"]
-    if mode == "segmentation":
+    if n_plain and mode != "segmentation":
+        if mode == "auto":
+            plan.segmentation_only = True
+            plan.notes.append(
+                f"{where}/train holds {n_plain} image and mask pairs without subtype folders: the segmentation path "
+                "runs alone (training.mode auto): stage 1 without the classification head, no stage 2, no subtype "
+                "results and no submission"
+            )
+        else:
+            plan.problems.append(
+                f"{where}/train holds {n_plain} image and mask pairs without subtype folders, and training.mode "
+                "multitask needs each case's subtype: put them in train/subtype{0,1,2}/, or set training.mode "
+                "segmentation (or auto) to train the segmentation alone"
+            )
+    elif mode == "segmentation":
         plan.segmentation_only = True
         plan.notes.append(
             "training.mode segmentation: stage 1 alone (segmentation), without the classification head: no stage 2, "
@@ -141,21 +167,21 @@ def folder_plan(counts: QuizCounts, config: dict) -> FolderPlan:
         )
 
     if training["split"] == "official":
-        if not any(selection_size(n, training["selection_fraction"]) for n in train):
+        if not any(selection_size(n, training["selection_fraction"]) for n in (*train, n_plain)):
             plan.select_checkpoints = False
             plan.notes.append(
                 f"{where}/train: training.split official holds out training.selection_fraction "
                 f"({training['selection_fraction']}) of each subtype's training cases to select the checkpoints, "
                 f"and a subtype needs two cases to give one ({_counts_text(train)}): the models train on all "
-                f"{sum(train)} training cases without a selection split, and the last epoch's checkpoint "
+                f"{n_train} training cases without a selection split, and the last epoch's checkpoint "
                 "(checkpoint_final) is the one stage 2 starts from and inference uses"
             )
     else:
         k = training["k"]
-        if not 2 <= k <= sum(train):
+        if not 2 <= k <= n_train:
             plan.problems.append(
-                f"{where}/train: training.split kfold with training.k {k} needs 2 <= k <= {sum(train)} (the training "
-                f"cases, {_counts_text(train)}): set training.k between 2 and {sum(train)}"
+                f"{where}/train: training.split kfold with training.k {k} needs 2 <= k <= {n_train} (the training "
+                f"cases, {_counts_text(train)}): set training.k between 2 and {n_train}"
             )
 
     if "validation" in counts.missing:

@@ -10,6 +10,11 @@ The expected layout (``S`` is the subtype 0, 1 or 2, ``NNN`` a three-digit case 
 Case ids are the file names without the channel suffix and extension: ``quiz_0_041`` for a
 train/validation case, ``quiz_037`` for a test case.
 
+A segmentation set without subtype labels may instead hold its pairs directly in ``train/`` (and
+``validation/``), as a plain nnU-Net-style set: ``<quiz>/train/{ID}_0000.nii.gz`` (image) and ``{ID}.nii.gz``
+(mask), ``ID`` of letters, digits, ``_`` and ``-``; its cases have no subtype. A split folder holds one layout or
+the other: next to subtype folders, files directly in it are strays.
+
 :func:`discover_quiz_cases` only looks at names and folders; it never opens a file. The content of
 the files (readable, 3D, matching geometry, mask values) is checked by
 :mod:`pancreas_mtl.data.validation`, which also turns the problems found here into one error.
@@ -37,6 +42,9 @@ LABELLED_MASK_RE = re.compile(r"^quiz_(?P<subtype>\d)_(?P<number>\d{3})\.nii\.gz
 TEST_IMAGE_RE = re.compile(r"^quiz_(?P<number>\d{3})_0000\.nii\.gz$")
 #: a mask-like name for a test case (``quiz_037.nii.gz``): not expected anywhere
 TEST_MASK_RE = re.compile(r"^quiz_(?P<number>\d{3})\.nii\.gz$")
+#: plain layout (no subtype folders): image ``{ID}_0000.nii.gz`` and mask ``{ID}.nii.gz`` directly in the split folder
+PLAIN_IMAGE_RE = re.compile(r"^(?P<case>[A-Za-z0-9][A-Za-z0-9_\-]*)_0000\.nii\.gz$")
+PLAIN_MASK_RE = re.compile(r"^(?P<case>[A-Za-z0-9][A-Za-z0-9_\-]*)\.nii\.gz$")
 #: case ids
 LABELLED_CASE_ID_RE = re.compile(r"^quiz_(?P<subtype>\d)_(?P<number>\d{3})$")
 TEST_CASE_ID_RE = re.compile(r"^quiz_(?P<number>\d{3})$")
@@ -51,7 +59,7 @@ class QuizCase:
 
     case_id: str  # "quiz_0_041" (train/validation) or "quiz_037" (test)
     split: str  # "train" | "validation" | "test"
-    subtype: int | None  # 0, 1, 2; None for test cases
+    subtype: int | None  # 0, 1, 2; None for test cases and the cases of a plain (subtype-less) layout
     image: Path
     mask: Path | None  # None for test cases
 
@@ -142,12 +150,15 @@ class _Discovery:
     def problem(self, path: Path, message: str) -> None:
         self.problems.append(f"{self.rel(path)}: {message}")
 
-    def note_number(self, path: Path, number: str, case_id: str, is_image: bool = True) -> None:
-        """Remember which case uses a number, named by its image file (or its mask when alone)."""
+    def note_number(
+        self, path: Path, number: str, case_id: str, is_image: bool = True, namespace: str | None = None
+    ) -> None:
+        """Remember which case uses a number (a plain layout's case: its id), named by its image file (or its mask
+        when alone)."""
         key = (self.rel(path.parent), case_id)
-        namespace = ("test" if case_id.count("_") == 1 else "labelled", number)
-        if is_image or key not in self.numbers[namespace]:
-            self.numbers[namespace][key] = self.rel(path)
+        numbered = (namespace or ("test" if case_id.count("_") == 1 else "labelled"), number)
+        if is_image or key not in self.numbers[numbered]:
+            self.numbers[numbered][key] = self.rel(path)
 
     # -- train / validation -------------------------------------------------------------------
     def scan_labelled_split(self, split: str) -> None:
@@ -162,8 +173,13 @@ class _Discovery:
             return
         subtype_dirs = {s: split_dir / f"subtype{s}" for s in SUBTYPES}
         if not any(d.is_dir() for d in subtype_dirs.values()):
+            if _nifti_entries(split_dir):
+                self.scan_plain_folder(split, split_dir)
+                return
             self.problem(
-                split_dir, f"no cases: the {split}/ folder has none of the subtype0/, subtype1/, subtype2/ folders"
+                split_dir,
+                f"no cases: the {split}/ folder has none of the subtype0/, subtype1/, subtype2/ folders and no "
+                "image and mask pairs ({ID}_0000.nii.gz, {ID}.nii.gz)",
             )
             return
         n_before = len(self.cases)
@@ -228,6 +244,38 @@ class _Discovery:
                 self.problem(mask, f"mask without image: {image_file_name(case_id)} is missing next to it")
             else:
                 self.cases.append(QuizCase(case_id, split, subtype, image, mask))
+
+    def scan_plain_folder(self, split: str, folder: Path) -> None:
+        """Image and mask pairs directly in a split folder, without subtype folders: cases without a subtype."""
+        self.scanned_dirs.add(folder)
+        images: dict[str, Path] = {}
+        masks: dict[str, Path] = {}
+        expected = "{ID}_0000.nii.gz (image) and {ID}.nii.gz (mask), ID of letters, digits, _ and -"
+        for path in _nifti_entries(folder):
+            if not path.is_file():
+                self.problem(path, "is not a readable file (a folder or a broken link?)")
+                continue
+            m_img = PLAIN_IMAGE_RE.match(path.name)
+            m = m_img or PLAIN_MASK_RE.match(path.name)
+            if m is None:
+                reason = (
+                    "uncompressed .nii files are not supported"
+                    if path.name.lower().endswith(".nii")
+                    else ("file name does not match")
+                )
+                self.problem(path, f"{reason}; expected {expected}")
+                continue
+            # ids share one namespace across splits: the same id in train/ and validation/ is an error
+            self.note_number(path, m["case"], m["case"], is_image=bool(m_img), namespace="plain")
+            (images if m_img else masks)[m["case"]] = path
+        for case_id in sorted(set(images) | set(masks)):
+            image, mask = images.get(case_id), masks.get(case_id)
+            if mask is None:
+                self.problem(image, f"image without mask: {mask_file_name(case_id)} is missing next to it")
+            elif image is None:
+                self.problem(mask, f"mask without image: {image_file_name(case_id)} is missing next to it")
+            else:
+                self.cases.append(QuizCase(case_id, split, None, image, mask))
 
     # -- test -----------------------------------------------------------------------------------
     def scan_test(self) -> None:
@@ -296,6 +344,11 @@ class _Discovery:
             owners = self.numbers[(namespace, number)]
             if len(owners) > 1:
                 files = ", ".join(owners[k] for k in sorted(owners))
+                if namespace == "plain":
+                    self.problems.append(
+                        f"{files}: case id {number} is used by {len(owners)} cases (unique across splits)"
+                    )
+                    continue
                 where = "among the test images" if namespace == "test" else "across splits and subtypes"
                 self.problems.append(
                     f"{files}: case number {number} is used by {len(owners)} different cases "
