@@ -7,7 +7,7 @@ import pytest
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from pancreas_mtl.errors import UserInputError
-from pancreas_mtl.nnunet.planning import add_configuration, derive_small_configuration
+from pancreas_mtl.nnunet.planning import add_configuration, derive_small_configuration, preprocessed_data_identifier
 from tests import nnunet_plans
 
 PARENT = nnunet_plans.configuration(
@@ -100,3 +100,67 @@ def test_several_gpus_train_a_configuration_with_a_batch_per_gpu():
         assert child.batch_size == batch
         small = PlansManager(plans).get_configuration("3d_cpu_demo")
         assert child.network_arch_init_kwargs == small.network_arch_init_kwargs  # only the batch changes
+
+
+def test_a_configuration_with_its_own_spacing_gets_its_own_data():
+    child = derive_small_configuration(
+        PARENT, **SMALL, patch_size=None, spacing=[6, 1.5, 1.5], data_identifier="nnUNetResEncUNetMPlans_3d_cpu_demo"
+    )
+    resolved = PlansManager(plans_with(child)).get_configuration("3d_cpu_demo")
+    assert resolved.spacing == [6.0, 1.5, 1.5] and resolved.data_identifier == "nnUNetResEncUNetMPlans_3d_cpu_demo"
+    shared = PlansManager(plans_with(derive_small_configuration(PARENT, **SMALL, patch_size=None)))
+    assert shared.get_configuration("3d_cpu_demo").data_identifier == PARENT["data_identifier"]
+    with pytest.raises(UserInputError, match=r"spacing \[6, 1.5\]: the configuration needs 3 positive values"):
+        derive_small_configuration(PARENT, **SMALL, patch_size=None, spacing=[6, 1.5], data_identifier="x")
+
+
+@pytest.mark.parametrize(
+    "configuration, spacing, expected",
+    [
+        ("3d_cpu_demo", None, "nnUNetPlans_3d_fullres"),
+        ("3d_fullres", [6, 1.5, 1.5], "nnUNetPlans_3d_fullres"),
+        ("3d_cpu_demo", [6, 1.5, 1.5], "nnUNetResEncUNetMPlans_3d_cpu_demo"),
+    ],
+)
+def test_the_training_data_is_the_configurations_own_only_with_a_spacing_of_its_own(configuration, spacing, expected):
+    cpu = {"name": "3d_cpu_demo", "spacing": spacing}
+    assert preprocessed_data_identifier("nnUNetResEncUNetMPlans", configuration, cpu) == expected
+
+
+@pytest.mark.slow
+def test_a_coarser_cpu_configuration_is_preprocessed_alone_under_its_own_data(quiz_builder, tmp_path):
+    """Real nnU-Net on a small quiz folder: the CPU configuration that trains at its own spacing has its own
+    preprocessed data at that spacing; 3d_fullres is planned, and nothing preprocesses data no model reads."""
+    from pancreas_mtl.data.conversion import convert_quiz_to_nnunet
+    from pancreas_mtl.nnunet.environment import NnunetFolders
+    from pancreas_mtl.nnunet.planning import plan_dataset
+
+    folders = NnunetFolders.under(tmp_path / "nnunet")
+    dataset = "Dataset503_Coarse"
+    convert_quiz_to_nnunet(
+        quiz_builder.standard(n_train=2, n_validation=1, n_test=0),
+        folders.raw / dataset,
+        tmp_path / "splits.json",
+        tmp_path / "cases.csv",
+        dataset_name=dataset,
+        allow_partial=True,
+        split_seed=0,
+        selection_fraction=0.5,
+    )
+    cpu = {**SMALL, "name": "3d_cpu_demo", "patch_size": None, "spacing": [2.5, 1.5, 1.5]}
+    plans_file = plan_dataset(
+        folders,
+        dataset,
+        "nnUNetPlannerResEncM",
+        "nnUNetResEncUNetMPlans",
+        cpu,
+        tmp_path / "splits.json",
+        1,
+        configuration="3d_cpu_demo",
+    )
+    manager = PlansManager(str(plans_file))
+    coarse, full = manager.get_configuration("3d_cpu_demo"), manager.get_configuration("3d_fullres")
+    assert coarse.spacing == [2.5, 1.5, 1.5] and coarse.data_identifier == "nnUNetResEncUNetMPlans_3d_cpu_demo"
+    own = plans_file.parent / coarse.data_identifier
+    assert sorted(p.name.split(".")[0] for p in own.glob("*.pkl")) == sorted(c.case_id for c in quiz_builder.labelled())
+    assert not (plans_file.parent / full.data_identifier).exists()

@@ -195,6 +195,19 @@ def test_a_segmentation_run_cannot_use_the_best_f1_checkpoint(workflow, tmp_path
     )
 
 
+def test_the_plan_rules_data_follows_a_cpu_configuration_with_its_own_spacing(workflow, tmp_path):
+    quiz = write_quiz_names(tmp_path / "quiz")
+    spacing = {"name": "3d_cpu_demo", "spacing": [4.0, 1.5, 1.5]}
+    for configuration, data in (
+        ("3d_cpu_demo", "nnUNetResEncUNetMPlans_3d_cpu_demo"),
+        ("3d_fullres", "nnUNetPlans_3d_fullres"),
+    ):
+        code, out, _ = dry_run(workflow, quiz, nnunet={"configuration": configuration, "cpu_configuration": spacing})
+        assert code == 0, out
+        outputs = re.findall(r"^rule plan_and_preprocess:\n(?:    .*\n)*?    output: (.*)$", out, flags=re.M)
+        assert outputs and f"/{data}.done" in outputs[0], (configuration, outputs)
+
+
 def test_an_unknown_configuration_is_refused(workflow, tmp_path):
     quiz = write_quiz_names(tmp_path / "quiz")
     code, out, _ = dry_run(workflow, quiz, nnunet={"configuration": "3d_typo"})

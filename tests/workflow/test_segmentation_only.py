@@ -1,7 +1,8 @@
 """A folder of one subtype runs the segmentation path end to end: the main command on a quiz folder holding subtype 2
 only (4 training cases in train/subtype2/, 2 validation cases laid out plainly, without a subtype folder, and a test
 image), one stage-1 epoch. Stage 1 trains and predicts with the lesion-presence prior; the segmentation metrics and
-figures are made; nothing that needs a second subtype is.
+figures are made; nothing that needs a second subtype is. The CPU configuration has a coarser spacing of its own (as
+a real-CT benchmark on a CPU uses): its data is preprocessed apart, and the predictions come back on each case's grid.
 """
 
 import json
@@ -26,6 +27,7 @@ RUN_CONFIG = {
             "max_blocks_per_stage": 1,
             "batch_size": 2,
             "patch_size": None,
+            "spacing": [4.0, 1.2, 1.2],
         }
     },
     "training": {
@@ -113,6 +115,15 @@ def test_the_segmentation_metrics_and_figures_are_made(segmentation_run):
         assert (workdir / "results" / "report" / f"{figure}.png").stat().st_size > 0, figure
     final = list((workdir / "results" / "nnunet" / "trained").glob("*/*/fold_0/validation/summary.json"))
     assert len(final) == 1, final
+
+
+def test_stage1_trained_on_the_coarser_configurations_own_data(segmentation_run):
+    workdir, _, _ = segmentation_run
+    preprocessed = next((workdir / "results" / "nnunet" / "preprocessed").glob("Dataset*"))
+    plans = json.loads((preprocessed / "nnUNetResEncUNetMPlans.json").read_text())["configurations"]["3d_cpu_demo"]
+    assert plans["spacing"] == [4.0, 1.2, 1.2] and plans["data_identifier"] == "nnUNetResEncUNetMPlans_3d_cpu_demo"
+    assert len(list((preprocessed / "nnUNetResEncUNetMPlans_3d_cpu_demo").glob("*.pkl"))) == 6
+    assert not (preprocessed / "nnUNetPlans_3d_fullres").exists()
 
 
 def test_the_finished_run_is_up_to_date(segmentation_run):

@@ -19,6 +19,7 @@ from pancreas_mtl.data.folder_check import synthetic_counts  # noqa: E402
 from pancreas_mtl.errors import UserInputError  # noqa: E402
 from pancreas_mtl.config import lesion_prior_threshold  # noqa: E402
 from pancreas_mtl.nnunet.environment import dataset_folder_name  # noqa: E402
+from pancreas_mtl.nnunet.planning import preprocessed_data_identifier  # noqa: E402
 from pancreas_mtl.nnunet.planning import training_configuration_name  # noqa: E402
 from pancreas_mtl.nnunet.trainer_names import STAGE1_TRAINER  # noqa: E402
 from pancreas_mtl.nnunet.trainer_names import STAGE2_TRAINERS  # noqa: E402
@@ -62,9 +63,11 @@ if config["benchmark"]["real_scale_dataset_id"] == config["nnunet"]["dataset_id"
 NNUNET_ROOT = "results/nnunet"
 SYNTHETIC_QUIZ_DIR = "resources/synthetic_quiz"
 PLANS_NAME = config["nnunet"]["plans_name"]
-# nnU-Net's preprocessed data folder of 3d_fullres (the ResEnc planners reuse the default planner's data
-# identifier for it); the CPU configuration inherits it.
-PREPROCESSED_DATA = "nnUNetPlans_3d_fullres"
+# nnU-Net's preprocessed data folder the models train on: 3d_fullres's, which the CPU configuration shares unless
+# it has a spacing of its own (nnunet.cpu_configuration.spacing).
+PREPROCESSED_DATA = preprocessed_data_identifier(
+    PLANS_NAME, config["nnunet"]["configuration"], config["nnunet"]["cpu_configuration"]
+)
 
 STAGE2_TRAINER = STAGE2_TRAINERS[config["training"]["head"]]
 TRAINED_DATASET = f"{NNUNET_ROOT}/trained/{DATASET}"

@@ -1,8 +1,11 @@
 """Experiment planning and preprocessing with nnU-Net's own ResEnc planner, plus the small CPU configuration.
 
 The CPU configuration is added to the plans file as an extra configuration that
-``inherits_from`` the planned ``3d_fullres`` (nnU-Net resolves the inheritance itself); it shares the
-parent's ``data_identifier``, so it reuses the preprocessed data and costs no second preprocessing.
+``inherits_from`` the planned ``3d_fullres`` (nnU-Net resolves the inheritance itself). By default it shares the
+parent's ``data_identifier``, so it reuses the preprocessed data and costs no second preprocessing. With a
+``spacing`` of its own (coarser, as nnU-Net's ``3d_lowres``) it gets its own ``data_identifier`` and is
+preprocessed itself; when it is also the configuration that trains, ``3d_fullres`` is planned but not
+preprocessed, as nothing reads its data.
 """
 
 from __future__ import annotations
@@ -22,6 +25,21 @@ from pancreas_mtl.nnunet.environment import NnunetFolders, dataset_id_of, run_nn
 log = logging.getLogger(__name__)
 
 PARENT_CONFIGURATION = "3d_fullres"
+# The data identifier of 3d_fullres: the ResEnc planners reuse the default planner's, whatever the plans' name.
+PARENT_DATA_IDENTIFIER = "nnUNetPlans_3d_fullres"
+
+
+def preprocessed_data_identifier(plans_name: str, configuration: str, cpu_configuration: dict) -> str:
+    """The folder (under the preprocessed dataset) holding the data ``configuration`` trains on: 3d_fullres's, which
+    the CPU configuration shares unless it has a spacing of its own."""
+    if configuration == cpu_configuration["name"] and cpu_configuration.get("spacing") is not None:
+        return own_data_identifier(plans_name, configuration)
+    return PARENT_DATA_IDENTIFIER
+
+
+def own_data_identifier(plans_name: str, configuration: str) -> str:
+    """nnU-Net's naming of a configuration's own data (``{plans}_{configuration}``)."""
+    return f"{plans_name}_{configuration}"
 
 
 def plan_and_preprocess(
@@ -31,8 +49,10 @@ def plan_and_preprocess(
     n_processes: int,
     configurations: Sequence[str] = (PARENT_CONFIGURATION,),
     verify_integrity: bool = True,
+    preprocess: bool = True,
 ) -> float:
-    """Run ``nnUNetv2_plan_and_preprocess`` for one dataset; returns the wall time in seconds."""
+    """Run ``nnUNetv2_plan_and_preprocess`` for one dataset (``preprocess=False``: fingerprint and plans only);
+    returns the wall time in seconds."""
     args = [
         "nnUNetv2_plan_and_preprocess",
         "-d",
@@ -49,6 +69,8 @@ def plan_and_preprocess(
     ]
     if verify_integrity:
         args.append("--verify_dataset_integrity")
+    if not preprocess:
+        args.append("--no_pp")
     start = time.perf_counter()
     run_nnunet_command(args, folders.environment(), "nnUNetv2_plan_and_preprocess")
     seconds = time.perf_counter() - start
@@ -63,12 +85,15 @@ def derive_small_configuration(
     max_blocks_per_stage: int,
     batch_size: int,
     patch_size: Sequence[int] | None,
+    spacing: Sequence[float] | None = None,
+    data_identifier: str | None = None,
 ) -> dict:
     """A configuration entry that inherits the parent's preprocessing with a smaller network.
 
     Features per stage are divided by ``feature_divisor`` (min 4), encoder blocks and decoder convs
     capped at ``max_blocks_per_stage``; the patch may shrink as long as every axis stays divisible by
-    the network's total downsampling along it.
+    the network's total downsampling along it. A ``spacing`` (z, y, x mm) resamples to a grid of its own, whose
+    data lives under ``data_identifier``.
     """
     arch = deepcopy(parent["architecture"])
     kwargs = arch["arch_kwargs"]
@@ -77,6 +102,16 @@ def derive_small_configuration(
         if key in kwargs:
             kwargs[key] = [min(n, max_blocks_per_stage) for n in kwargs[key]]
     child: dict = {"inherits_from": PARENT_CONFIGURATION, "architecture": arch, "batch_size": int(batch_size)}
+    if spacing is not None:
+        if len(spacing) != len(parent["spacing"]) or not all(float(x) > 0 for x in spacing):
+            raise UserInputError(
+                f"spacing {list(spacing)}: the configuration needs {len(parent['spacing'])} positive values in mm "
+                f"(z, y, x; the planned {PARENT_CONFIGURATION} has {parent['spacing']})"
+            )
+        if data_identifier is None:
+            raise ValueError("a configuration with its own spacing needs its own data_identifier")
+        child["spacing"] = [float(x) for x in spacing]
+        child["data_identifier"] = data_identifier
     if patch_size is not None:
         patch = [int(p) for p in patch_size]
         strides = kwargs["strides"]
@@ -94,6 +129,19 @@ def derive_small_configuration(
                 )
         child["patch_size"] = patch
     return child
+
+
+def preprocess_configuration(
+    folders: NnunetFolders, dataset_id: int, plans_name: str, configuration: str, n_processes: int
+) -> float:
+    """Run ``nnUNetv2_preprocess`` for one configuration of planned plans; returns the wall time in seconds."""
+    args = ["nnUNetv2_preprocess", "-d", str(dataset_id), "-plans_name", plans_name, "-c", configuration, "--no_pbar"]
+    args += ["-np", str(n_processes)]
+    start = time.perf_counter()
+    run_nnunet_command(args, folders.environment(), "nnUNetv2_preprocess")
+    seconds = time.perf_counter() - start
+    log.info("preprocessing %s took %.1f s", configuration, seconds)
+    return seconds
 
 
 def training_configuration_name(configuration: str, num_gpus: int) -> str:
@@ -150,13 +198,24 @@ def plan_dataset(
 ) -> Path:
     """Plan and preprocess one raw dataset (``DatasetNNN_Name``), add the small CPU configuration to its plans
     (and, for a training of ``num_gpus`` > 1 on ``configuration``, its multi-GPU configuration), and install its
-    splits; returns the plans file."""
+    splits; returns the plans file. The data ``configuration`` trains on is preprocessed (3d_fullres's, or the CPU
+    configuration's where it has a spacing of its own, :func:`preprocessed_data_identifier`)."""
     dataset_dir = folders.preprocessed / dataset
-    plan_and_preprocess(folders, dataset_id_of(dataset), planner=planner, n_processes=n_processes)
-    plans_file = dataset_dir / f"{plans_name}.json"
     small = dict(cpu_configuration)
     name = small.pop("name")
+    own_data = preprocessed_data_identifier(plans_name, configuration or PARENT_CONFIGURATION, cpu_configuration)
+    own_data = own_data if own_data != PARENT_DATA_IDENTIFIER else None
+    plan_and_preprocess(
+        folders, dataset_id_of(dataset), planner=planner, n_processes=n_processes, preprocess=own_data is None
+    )
+    plans_file = dataset_dir / f"{plans_name}.json"
+    if small.get("spacing") is not None:
+        small["data_identifier"] = own_data_identifier(plans_name, name)
+    else:
+        small.pop("spacing", None)
     add_configuration(plans_file, name, derive_small_configuration(load_planned_configuration(plans_file), **small))
+    if own_data is not None:
+        preprocess_configuration(folders, dataset_id_of(dataset), plans_name, name, n_processes)
     if configuration is not None and num_gpus > 1:
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
