@@ -543,6 +543,18 @@ def test_without_cases_to_hold_out_fold_0_trains_and_validates_on_all_training_c
     assert fold == {"train": train, "val": train}
 
 
+def test_a_selection_fraction_of_zero_holds_nothing_out(quiz_builder):
+    """Trainers compared on the same training cases: every case trains, fold 0 is nnU-Net's fold "all"."""
+    from pancreas_mtl.data.quiz_layout import discover_quiz_cases
+
+    cases, _ = discover_quiz_cases(quiz_builder.standard(n_train=4, n_validation=1, n_test=1))
+    (fold,) = make_splits(cases, "official", seed=12345, selection_fraction=0)
+    train = sorted(c.case_id for c in cases if c.split == "train")
+    assert fold == {"train": train, "val": train}
+    with pytest.raises(UserInputError, match=r"selection_fraction must be in \[0, 0.5\], got -0.1"):
+        make_splits(cases, "official", seed=12345, selection_fraction=-0.1)
+
+
 # -- the test images, converted on their own ------------------------------------------------------------------
 
 

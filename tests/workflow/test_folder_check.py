@@ -75,6 +75,16 @@ def test_one_training_case_per_subtype_trains_on_all_and_uses_the_last_checkpoin
         assert inputs and all("checkpoint_final.pth" in i and "checkpoint_best" not in i for i in inputs), inputs
 
 
+def test_a_selection_fraction_of_zero_trains_on_every_case_and_uses_the_last_checkpoint(workflow, tmp_path):
+    """What a benchmark comparing trainers on the same training cases asks for: nothing held out."""
+    quiz = write_quiz_names(tmp_path / "quiz", train=(0, 0, 9), validation=(0, 0, 2))
+    code, out, jobs = dry_run(workflow, quiz, training={"selection_fraction": 0})
+    assert code == 0, out
+    assert "training.selection_fraction 0: no training case is held out" in out and "on all 9 training cases" in out
+    inputs = re.findall(r"^rule predict_split:\n    input: (.*)$", out, flags=re.M)
+    assert inputs and all("checkpoint_final.pth" in i and "checkpoint_best" not in i for i in inputs), inputs
+
+
 def test_kfold_with_more_folds_than_training_cases_is_refused(workflow, tmp_path):
     quiz = write_quiz_names(tmp_path / "quiz", train=(2, 2, 2))
     code, out, _ = dry_run(workflow, quiz, training={"split": "kfold", "k": 7})

@@ -156,9 +156,12 @@ def _subtype_order(subtype: int | None) -> int:
 
 def selection_cases(train: list[QuizCase], fraction: float, seed: int) -> set[str]:
     """A seeded ``fraction`` of each subtype's training cases, rounded, at least one of a subtype with two or
-    more cases (a subtype with a single case keeps it for training)."""
-    if not 0 < fraction <= 0.5:
-        raise UserInputError(f"selection_fraction must be in (0, 0.5], got {fraction}")
+    more cases (a subtype with a single case keeps it for training); none with ``fraction`` 0."""
+    if not 0 <= fraction <= 0.5:
+        raise UserInputError(f"selection_fraction must be in [0, 0.5], got {fraction}")
+    if fraction == 0:
+        log.info("selection_fraction 0: no training case selects the checkpoints; the last epoch's checkpoint is used")
+        return set()
     rng = np.random.default_rng(seed)
     selected: set[str] = set()
     for subtype in sorted({c.subtype for c in train}, key=_subtype_order):

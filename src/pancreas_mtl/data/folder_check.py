@@ -27,8 +27,9 @@ PREPROCESSED_CONFIGURATION = "3d_fullres"
 
 def selection_size(n_cases: int, fraction: float) -> int:
     """How many of a subtype's ``n_cases`` training cases select the checkpoints: ``fraction`` of them, rounded, at
-    least one of two or more (a single case stays in training). The conversion's split and this check share it."""
-    return max(1, round(fraction * n_cases)) if n_cases >= 2 else 0
+    least one of two or more (a single case stays in training); none with ``fraction`` 0. The conversion's split and
+    this check share it."""
+    return max(1, round(fraction * n_cases)) if n_cases >= 2 and fraction > 0 else 0
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,14 @@ def folder_plan(counts: QuizCounts, config: dict) -> FolderPlan:
         )
 
     if training["split"] == "official":
-        if not any(selection_size(n, training["selection_fraction"]) for n in (*train, n_plain)):
+        if training["selection_fraction"] == 0:
+            plan.select_checkpoints = False
+            plan.notes.append(
+                f"training.selection_fraction 0: no training case is held out to select the checkpoints; the models "
+                f"train on all {n_train} training cases, and the last epoch's checkpoint (checkpoint_final) is the "
+                "one stage 2 starts from and inference uses"
+            )
+        elif not any(selection_size(n, training["selection_fraction"]) for n in (*train, n_plain)):
             plan.select_checkpoints = False
             plan.notes.append(
                 f"{where}/train: training.split official holds out training.selection_fraction "
