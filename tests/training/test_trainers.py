@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pancreas_mtl.config import config_problems, load_schema
-from pancreas_mtl.nnunet.trainer_names import STAGE1_TRAINER, STAGE2_TRAINERS
+from pancreas_mtl.nnunet.trainer_names import STAGE1_TRAINER, STAGE1_TRAINERS, STAGE2_TRAINERS
 from pancreas_mtl.training import trainers
 from pancreas_mtl.training.losses import (
     PolyLRPerParamGroup,
@@ -130,12 +130,16 @@ def test_settings_take_every_default_from_the_schema():
     for stage in ("stage1", "stage2"):
         settings = stage_settings(training, stage)
         for key, value in training[stage].items():
-            assert getattr(settings, key) == value, (stage, key)
+            if key != "trainer":  # which class trains (stage 1): the trainer's name, not a setting
+                assert getattr(settings, key) == value, (stage, key)
     assert stage_settings(training, "stage1").head_dropout is None
 
 
 def test_trainer_classes_carry_the_names_the_workflow_uses():
     assert trainers.nnUNetTrainerPancreasSeg.__name__ == STAGE1_TRAINER
+    assert {name: getattr(trainers, name).__name__ for name in STAGE1_TRAINERS.values()} == {
+        name: name for name in STAGE1_TRAINERS.values()
+    }
     for head, name in STAGE2_TRAINERS.items():
         assert getattr(trainers, name).head_variant == head
 
@@ -202,6 +206,36 @@ def _smoke_trainer(smoke_workflow, tmp_path, monkeypatch, trainer_class, stage: 
     plans["continue_training"] = False
     dataset_json = load_json(str(root / "preprocessed" / dataset / "dataset.json"))
     return trainer_class(plans, "3d_cpu_demo", 0, dataset_json, device=torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_the_stock_budget_trainer_is_nnunets_trainer_but_for_its_budget(smoke_workflow, tmp_path, monkeypatch):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    stock = _smoke_trainer(
+        smoke_workflow,
+        tmp_path,
+        monkeypatch,
+        trainers.nnUNetTrainerStockBudget,
+        "stage1",
+        num_epochs=7,
+        iterations_per_epoch=11,
+        val_iterations_per_epoch=3,
+        initial_lr=0.5,  # a project setting: the stock trainer ignores it
+        optimizer="adamw",
+    )
+    plain = _smoke_trainer(smoke_workflow, tmp_path, monkeypatch, nnUNetTrainer, "stage1")
+    assert (stock.num_epochs, stock.num_iterations_per_epoch, stock.num_val_iterations_per_epoch) == (7, 11, 3)
+    # the budget, and what names the trainer's class (its output folder and log file)
+    budget = {"num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "settings", "output_folder"}
+    budget |= {"output_folder_base", "log_file"}
+    ours, theirs = vars(stock), vars(plain)
+    for key in set(theirs) - budget:
+        if isinstance(theirs[key], (int, float, str, bool, tuple, type(None))):
+            assert ours[key] == theirs[key], key
+    assert stock.initial_lr == 1e-2 and stock.oversample_foreground_percent == 0.33
+    stock.initialize()
+    assert isinstance(stock.optimizer, torch.optim.SGD)
 
 
 @pytest.mark.slow

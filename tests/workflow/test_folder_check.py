@@ -18,6 +18,7 @@ DEMO_CONFIG = {
         "k": 5,
         "folds": [0],
         "inference_checkpoint": "best_combined",
+        "stage1": {"trainer": "project"},
     },
     "benchmark": {"split": "validation"},
     "nnunet": {"configuration": "3d_cpu_demo", "cpu_configuration": {"name": "3d_cpu_demo"}},
@@ -83,6 +84,26 @@ def test_a_selection_fraction_of_zero_trains_on_every_case_and_uses_the_last_che
     assert "training.selection_fraction 0: no training case is held out" in out and "on all 9 training cases" in out
     inputs = re.findall(r"^rule predict_split:\n    input: (.*)$", out, flags=re.M)
     assert inputs and all("checkpoint_final.pth" in i and "checkpoint_best" not in i for i in inputs), inputs
+
+
+def test_the_stock_trainer_row_trains_stage1_with_nnunets_own_trainer_and_its_last_checkpoint(workflow, tmp_path):
+    quiz = write_quiz_names(tmp_path / "quiz", train=(0, 0, 9), validation=(0, 0, 2))
+    code, out, jobs = dry_run(workflow, quiz, training={"stage1": {"trainer": "stock"}})
+    assert code == 0, out
+    assert "training.stage1.trainer stock: nnU-Net's own trainer keeps no checkpoint the workflow selects" in out
+    outputs = re.findall(r"^rule train_stage1:\n(?:    .*\n)*?    output: (.*)$", out, flags=re.M)
+    assert outputs == [
+        "results/nnunet/trained/Dataset501_PancreasQuiz/nnUNetTrainerStockBudget__nnUNetResEncUNetMPlans"
+        "__3d_cpu_demo/fold_0/checkpoint_final.pth"
+    ], outputs
+    inputs = re.findall(r"^rule predict_split:\n    input: (.*)$", out, flags=re.M)
+    assert inputs and all("nnUNetTrainerStockBudget__" in i and "checkpoint_final.pth" in i for i in inputs), inputs
+
+
+def test_the_stock_trainer_is_refused_where_stage2_would_follow(workflow, tmp_path):
+    quiz = write_quiz_names(tmp_path / "quiz")
+    code, out, _ = dry_run(workflow, quiz, training={"stage1": {"trainer": "stock"}})
+    assert_refused_before_any_work(workflow, code, out, "training.stage1.trainer stock (nnU-Net's own trainer")
 
 
 def test_kfold_with_more_folds_than_training_cases_is_refused(workflow, tmp_path):

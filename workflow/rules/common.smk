@@ -21,7 +21,7 @@ from pancreas_mtl.config import lesion_prior_threshold  # noqa: E402
 from pancreas_mtl.nnunet.environment import dataset_folder_name  # noqa: E402
 from pancreas_mtl.nnunet.planning import preprocessed_data_identifier  # noqa: E402
 from pancreas_mtl.nnunet.planning import training_configuration_name  # noqa: E402
-from pancreas_mtl.nnunet.trainer_names import STAGE1_TRAINER  # noqa: E402
+from pancreas_mtl.nnunet.trainer_names import STAGE1_TRAINERS  # noqa: E402
 from pancreas_mtl.nnunet.trainer_names import STAGE2_TRAINERS  # noqa: E402
 from pancreas_mtl.training.selection import CHECKPOINT_FILES  # noqa: E402
 from pancreas_mtl.training.selection import STAGE1_CHECKPOINTS  # noqa: E402
@@ -69,6 +69,14 @@ PREPROCESSED_DATA = preprocessed_data_identifier(
     PLANS_NAME, config["nnunet"]["configuration"], config["nnunet"]["cpu_configuration"]
 )
 
+STAGE1_TRAINER = STAGE1_TRAINERS[config["training"]["stage1"]["trainer"]]
+# The checkpoints stage 1's job publishes: nnU-Net's stock trainer selects none the workflow uses (its own
+# checkpoint_best follows its EMA pseudo-Dice), so only the last epoch's.
+STAGE1_KEPT = (
+    STAGE1_CHECKPOINTS
+    if config["training"]["stage1"]["trainer"] == "project"
+    else ("final",)
+)
 STAGE2_TRAINER = STAGE2_TRAINERS[config["training"]["head"]]
 TRAINED_DATASET = f"{NNUNET_ROOT}/trained/{DATASET}"
 # The configuration the models train on (with several GPUs, one inheriting it with a per-GPU batch).

@@ -3,7 +3,7 @@ rule train_stage1:
         **preprocessed(DATASET),
         case_table=dataset_tables(DATASET)["case_table"],
     output:
-        checkpoints=checkpoint_files(STAGE1_MODEL, STAGE1_CHECKPOINTS),
+        checkpoints=checkpoint_files(STAGE1_MODEL, STAGE1_KEPT),
     log:
         "logs/train_stage1_fold{fold}.log",
     benchmark:

@@ -161,6 +161,12 @@ def folder_plan(counts: QuizCounts, config: dict) -> FolderPlan:
             "the classifier cannot learn a subtype it never sees; add cases to train/subtype"
             f"{absent[0]}/, or set training.mode: segmentation to train the segmentation alone"
         )
+    stock = training["stage1"]["trainer"] == "stock"
+    if stock and not plan.segmentation_only:
+        plan.problems.append(
+            "training.stage1.trainer stock (nnU-Net's own trainer, a benchmark row) trains the segmentation alone, "
+            "with no stage 2 after it: set training.mode segmentation, or training.stage1.trainer project"
+        )
     if plan.segmentation_only and training["inference_checkpoint"] not in STAGE1_CHECKPOINTS:
         plan.problems.append(
             f"training.inference_checkpoint {training['inference_checkpoint']!r} is chosen by the classification "
@@ -191,6 +197,12 @@ def folder_plan(counts: QuizCounts, config: dict) -> FolderPlan:
                 f"{where}/train: training.split kfold with training.k {k} needs 2 <= k <= {n_train} (the training "
                 f"cases, {_counts_text(train)}): set training.k between 2 and {n_train}"
             )
+    if stock and plan.select_checkpoints:
+        plan.select_checkpoints = False
+        plan.notes.append(
+            "training.stage1.trainer stock: nnU-Net's own trainer keeps no checkpoint the workflow selects; the last "
+            "epoch's (checkpoint_final) is the one inference uses"
+        )
 
     if "validation" in counts.missing:
         plan.evaluate_validation = False

@@ -5,6 +5,8 @@ and the real-scale benchmark, which must not import the training code, use them 
 """
 
 STAGE1_TRAINER = "nnUNetTrainerPancreasSeg"
+#: stage-1 trainer by the config's ``training.stage1.trainer``: the project's, or nnU-Net's own on a set budget
+STAGE1_TRAINERS = {"project": STAGE1_TRAINER, "stock": "nnUNetTrainerStockBudget"}
 #: stage-2 trainer by classification head (the config's ``training.head``)
 STAGE2_TRAINERS = {
     "roi_attention": "nnUNetTrainerPancreasMultiTask",

@@ -114,4 +114,6 @@ def stage_settings(training_config: dict, stage: str, **extra) -> TrainingSettin
     seed = training_config["seed"]
     sampling_seed = training_config["sampling_seed"]
     seeds = {"seed": seed, "sampling_seed": seed if sampling_seed is None else sampling_seed}
-    return TrainingSettings.from_dict({**training_config[stage], **seeds, **extra})
+    # which trainer class runs (stage 1's "trainer") is the trainer's name, not one of its settings
+    block = {key: value for key, value in training_config[stage].items() if key != "trainer"}
+    return TrainingSettings.from_dict({**block, **seeds, **extra})

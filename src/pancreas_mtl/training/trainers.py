@@ -235,6 +235,28 @@ def unwrap_network(network: nn.Module) -> nn.Module:
     return network
 
 
+class nnUNetTrainerStockBudget(nnUNetTrainer):
+    """nnU-Net's own trainer, changed only in its budget: epochs, training and validation iterations per epoch (from
+    the stage's settings), as nnU-Net's ``nnUNetTrainer_Nepochs`` variants change it, so that its poly decay runs over
+    that budget. Its optimizer, rate, sampling, augmentation and checkpoints stay nnU-Net's.
+
+    The one other change is where the final validation runs: with ``final_validation`` off (the workflow's training
+    jobs), in a job of its own, as for the project's trainers."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict, device=torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.settings = TrainingSettings.from_environment()
+        self.num_epochs = self.settings.num_epochs
+        self.num_iterations_per_epoch = self.settings.iterations_per_epoch
+        self.num_val_iterations_per_epoch = self.settings.val_iterations_per_epoch
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if not self.settings.final_validation:
+            self.print_to_log_file("final validation: skipped here (final_validation is off; it runs on its own)")
+            return
+        super().perform_actual_validation(save_probabilities)
+
+
 class nnUNetTrainerPancreasSeg(nnUNetTrainer):
     """Stage 1: segmentation only, nnU-Net's loss and augmentation, with the workflow's settings."""
 

@@ -8,4 +8,5 @@ from pancreas_mtl.training.trainers import (  # noqa: F401
     nnUNetTrainerPancreasMultiTask,
     nnUNetTrainerPancreasMultiTaskGlobalPool,
     nnUNetTrainerPancreasSeg,
+    nnUNetTrainerStockBudget,
 )
