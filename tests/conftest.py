@@ -235,28 +235,27 @@ def tree_digest():
     return digest_tree
 
 
+def opt_in_data(variable: str, what: str) -> Path:
+    """The ``data`` folder of the folder an opt-in variable names; skip the test where it is unset or lacks one."""
+    root = os.environ.get(variable)
+    if not root:
+        pytest.skip(f"set {variable} to the {what} folder to run this test")
+    data = Path(root) / "data"
+    if not data.is_dir():
+        pytest.skip(f"{variable}={root} has no data/ folder")
+    return data
+
+
 @pytest.fixture
 def real_sample_dir() -> Path:
     """The real sample's ``data`` folder; skip unless PANCREAS_MTL_REAL_SAMPLE points at its parent."""
-    root = os.environ.get("PANCREAS_MTL_REAL_SAMPLE")
-    if not root:
-        pytest.skip("set PANCREAS_MTL_REAL_SAMPLE to the real-sample folder to run this test")
-    data = Path(root) / "data"
-    if not data.is_dir():
-        pytest.skip(f"PANCREAS_MTL_REAL_SAMPLE={root} has no data/ folder")
-    return data
+    return opt_in_data("PANCREAS_MTL_REAL_SAMPLE", "real-sample")
 
 
 @pytest.fixture
 def real_ct_dir() -> Path:
     """The real-CT cases' ``data`` folder; skip unless PANCREAS_MTL_REAL_CT points at its parent."""
-    root = os.environ.get("PANCREAS_MTL_REAL_CT")
-    if not root:
-        pytest.skip("set PANCREAS_MTL_REAL_CT to the real-ct folder to run this test")
-    data = Path(root) / "data"
-    if not data.is_dir():
-        pytest.skip(f"PANCREAS_MTL_REAL_CT={root} has no data/ folder")
-    return data
+    return opt_in_data("PANCREAS_MTL_REAL_CT", "real-ct")
 
 
 @pytest.fixture

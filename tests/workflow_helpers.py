@@ -6,6 +6,22 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_PARTS = ["Snakefile", "workflow", "config", "envs", "src", ".test", "profiles"]
+#: the smallest CPU configuration the tests' end-to-end runs train on
+TINY_CPU_CONFIGURATION = {
+    "name": "3d_cpu_demo",
+    "feature_divisor": 8,
+    "max_blocks_per_stage": 1,
+    "batch_size": 2,
+    "patch_size": None,
+}
+#: a training stage of one epoch of two iterations, with its full validation and checkpoint
+ONE_EPOCH = {
+    "num_epochs": 1,
+    "iterations_per_epoch": 2,
+    "val_iterations_per_epoch": 1,
+    "full_validation_every": 1,
+    "checkpoint_every": 1,
+}
 
 
 def copy_workflow(target: Path) -> Path:

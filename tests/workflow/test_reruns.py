@@ -21,7 +21,14 @@ import pytest
 import yaml
 
 from pancreas_mtl.data.synthetic import make_synthetic_quiz
-from tests.workflow_helpers import REPO, copy_workflow, run_snakemake, snakemake_output
+from tests.workflow_helpers import (
+    ONE_EPOCH,
+    REPO,
+    TINY_CPU_CONFIGURATION,
+    copy_workflow,
+    run_snakemake,
+    snakemake_output,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -35,34 +42,13 @@ TABLE_MARKER = "<!-- rerun table:"
 # 2 test cases; the synthetic data is only its quiz folder's content.
 RUN_CONFIG = {
     "data": {"source": "folder", "quiz_dir": "quiz"},
-    "nnunet": {
-        "cpu_configuration": {
-            "name": "3d_cpu_demo",
-            "feature_divisor": 8,
-            "max_blocks_per_stage": 1,
-            "batch_size": 2,
-            "patch_size": None,
-        }
-    },
+    "nnunet": {"cpu_configuration": TINY_CPU_CONFIGURATION},
     "training": {
         "device": "cpu",
         "split": "official",
         "folds": [0],
-        "stage1": {
-            "num_epochs": 1,
-            "iterations_per_epoch": 2,
-            "val_iterations_per_epoch": 1,
-            "full_validation_every": 1,
-            "checkpoint_every": 1,
-        },
-        "stage2": {
-            "num_epochs": 1,
-            "iterations_per_epoch": 2,
-            "val_iterations_per_epoch": 1,
-            "full_validation_every": 1,
-            "checkpoint_every": 1,
-            "classification_warmup_epochs": 0,
-        },
+        "stage1": ONE_EPOCH,
+        "stage2": {**ONE_EPOCH, "classification_warmup_epochs": 0},
     },
     "benchmark": {"max_cases": 1, "repeats": 1},
     "wandb": {"enabled": False},

@@ -14,34 +14,20 @@ import pytest
 import yaml
 
 from pancreas_mtl.data.synthetic import make_synthetic_quiz
-from tests.workflow_helpers import copy_workflow, run_snakemake, snakemake_output
+from tests.workflow_helpers import (
+    ONE_EPOCH,
+    TINY_CPU_CONFIGURATION,
+    copy_workflow,
+    run_snakemake,
+    snakemake_output,
+)
 
 pytestmark = pytest.mark.slow
 
 RUN_CONFIG = {
     "data": {"source": "folder", "quiz_dir": "quiz"},
-    "nnunet": {
-        "cpu_configuration": {
-            "name": "3d_cpu_demo",
-            "feature_divisor": 8,
-            "max_blocks_per_stage": 1,
-            "batch_size": 2,
-            "patch_size": None,
-            "spacing": [4.0, 1.2, 1.2],
-        }
-    },
-    "training": {
-        "device": "cpu",
-        "split": "official",
-        "folds": [0],
-        "stage1": {
-            "num_epochs": 1,
-            "iterations_per_epoch": 2,
-            "val_iterations_per_epoch": 1,
-            "full_validation_every": 1,
-            "checkpoint_every": 1,
-        },
-    },
+    "nnunet": {"cpu_configuration": {**TINY_CPU_CONFIGURATION, "spacing": [4.0, 1.2, 1.2]}},
+    "training": {"device": "cpu", "split": "official", "folds": [0], "stage1": ONE_EPOCH},
     "wandb": {"enabled": False},
     "resources": {"preprocess_threads": 2, "train_threads": 1, "predict_threads": 2},
 }

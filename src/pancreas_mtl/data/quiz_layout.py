@@ -236,6 +236,10 @@ class _Discovery:
                 )
                 continue
             (images if m_img else masks)[case_id] = path
+        self.add_pairs(split, subtype, images, masks)
+
+    def add_pairs(self, split: str, subtype: int | None, images: dict[str, Path], masks: dict[str, Path]) -> None:
+        """The cases of a folder's images and masks by case id; an image or a mask alone is a problem."""
         for case_id in sorted(set(images) | set(masks)):
             image, mask = images.get(case_id), masks.get(case_id)
             if mask is None:
@@ -268,14 +272,7 @@ class _Discovery:
             # ids share one namespace across splits: the same id in train/ and validation/ is an error
             self.note_number(path, m["case"], m["case"], is_image=bool(m_img), namespace="plain")
             (images if m_img else masks)[m["case"]] = path
-        for case_id in sorted(set(images) | set(masks)):
-            image, mask = images.get(case_id), masks.get(case_id)
-            if mask is None:
-                self.problem(image, f"image without mask: {mask_file_name(case_id)} is missing next to it")
-            elif image is None:
-                self.problem(mask, f"mask without image: {image_file_name(case_id)} is missing next to it")
-            else:
-                self.cases.append(QuizCase(case_id, split, None, image, mask))
+        self.add_pairs(split, None, images, masks)
 
     # -- test -----------------------------------------------------------------------------------
     def scan_test(self) -> None:
