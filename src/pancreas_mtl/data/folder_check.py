@@ -16,13 +16,17 @@ from pathlib import Path
 from pancreas_mtl.data.labels import SUBTYPES
 from pancreas_mtl.data.quiz_layout import LABELLED_SPLITS, discover_quiz_cases
 
+# up: the configuration the workflow plans is the planning module's
+from pancreas_mtl.nnunet.planning import PARENT_CONFIGURATION
+
 # up: the checkpoints a segmentation-only run can use are those stage 1's trainer keeps (training owns them)
 from pancreas_mtl.training.selection import STAGE1_CHECKPOINTS
 
-#: nnU-Net's configurations a planner may plan; the workflow preprocesses 3d_fullres only (and its CPU configuration
-#: inherits that preprocessed data)
+#: nnU-Net's configurations a planner may plan; the workflow plans 3d_fullres only (and its CPU configuration
+#: inherits it)
 NNUNET_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres")
-PREPROCESSED_CONFIGURATION = "3d_fullres"
+#: what a segmentation-only run makes instead of the multi-task outputs
+_SEGMENTATION_PATH = "stage 1 without the classification head, no stage 2, no subtype results and no submission"
 
 
 def selection_size(n_cases: int, fraction: float) -> int:
@@ -132,8 +136,7 @@ def folder_plan(counts: QuizCounts, config: dict) -> FolderPlan:
             plan.segmentation_only = True
             plan.notes.append(
                 f"{where}/train holds {n_plain} image and mask pairs without subtype folders: the segmentation path "
-                "runs alone (training.mode auto): stage 1 without the classification head, no stage 2, no subtype "
-                "results and no submission"
+                f"runs alone (training.mode auto): {_SEGMENTATION_PATH}"
             )
         else:
             plan.problems.append(
@@ -143,16 +146,13 @@ def folder_plan(counts: QuizCounts, config: dict) -> FolderPlan:
             )
     elif mode == "segmentation":
         plan.segmentation_only = True
-        plan.notes.append(
-            "training.mode segmentation: stage 1 alone (segmentation), without the classification head: no stage 2, "
-            "no subtype results and no submission"
-        )
+        plan.notes.append(f"training.mode segmentation: stage 1 alone (segmentation): {_SEGMENTATION_PATH}")
     elif mode == "auto" and len(present) == 1:
         plan.segmentation_only = True
         plan.notes.append(
             f"{where}/train: only subtype {present[0]} has training cases ({_counts_text(train)}): the segmentation "
-            "path runs alone (training.mode auto): stage 1 without the classification head, no stage 2, no subtype "
-            "results and no submission. Add cases of the other subtypes to train the classifier"
+            f"path runs alone (training.mode auto): {_SEGMENTATION_PATH}. Add cases of the other subtypes to train "
+            "the classifier"
         )
     elif len(present) < len(SUBTYPES):
         absent = [s for s in SUBTYPES if s not in present]
@@ -223,14 +223,14 @@ def folder_plan(counts: QuizCounts, config: dict) -> FolderPlan:
 
     configuration = config["nnunet"]["configuration"]
     cpu_name = config["nnunet"]["cpu_configuration"]["name"]
-    if configuration in NNUNET_CONFIGURATIONS and configuration != PREPROCESSED_CONFIGURATION:
+    if configuration in NNUNET_CONFIGURATIONS and configuration != PARENT_CONFIGURATION:
         plan.problems.append(
-            f"nnunet.configuration {configuration!r}: the workflow plans and preprocesses {PREPROCESSED_CONFIGURATION} "
-            f"only (and the CPU configuration {cpu_name!r}, which inherits its data); set {PREPROCESSED_CONFIGURATION}"
+            f"nnunet.configuration {configuration!r}: the workflow plans and preprocesses {PARENT_CONFIGURATION} "
+            f"only (and the CPU configuration {cpu_name!r}, which inherits it); set {PARENT_CONFIGURATION}"
         )
-    elif configuration not in (PREPROCESSED_CONFIGURATION, cpu_name):
+    elif configuration not in (PARENT_CONFIGURATION, cpu_name):
         plan.problems.append(
-            f"nnunet.configuration {configuration!r} is neither {PREPROCESSED_CONFIGURATION} nor the CPU "
+            f"nnunet.configuration {configuration!r} is neither {PARENT_CONFIGURATION} nor the CPU "
             f"configuration's name (nnunet.cpu_configuration.name: {cpu_name!r})"
         )
     return plan

@@ -262,11 +262,8 @@ class _Discovery:
             m_img = PLAIN_IMAGE_RE.match(path.name)
             m = m_img or PLAIN_MASK_RE.match(path.name)
             if m is None:
-                reason = (
-                    "uncompressed .nii files are not supported"
-                    if path.name.lower().endswith(".nii")
-                    else ("file name does not match")
-                )
+                uncompressed = path.name.lower().endswith(".nii")
+                reason = "uncompressed .nii files are not supported" if uncompressed else "file name does not match"
                 self.problem(path, f"{reason}; expected {expected}")
                 continue
             # ids share one namespace across splits: the same id in train/ and validation/ is an error

@@ -71,10 +71,15 @@ def plan_and_preprocess(
         args.append("--verify_dataset_integrity")
     if not preprocess:
         args.append("--no_pp")
+    return _timed(folders, args, "planning and preprocessing" if preprocess else "planning")
+
+
+def _timed(folders: NnunetFolders, args: list[str], what: str) -> float:
+    """Run one nnU-Net command; log and return its wall time in seconds."""
     start = time.perf_counter()
-    run_nnunet_command(args, folders.environment(), "nnUNetv2_plan_and_preprocess")
+    run_nnunet_command(args, folders.environment(), args[0])
     seconds = time.perf_counter() - start
-    log.info("planning and preprocessing took %.1f s", seconds)
+    log.info("%s took %.1f s", what, seconds)
     return seconds
 
 
@@ -136,12 +141,7 @@ def preprocess_configuration(
 ) -> float:
     """Run ``nnUNetv2_preprocess`` for one configuration of planned plans; returns the wall time in seconds."""
     args = ["nnUNetv2_preprocess", "-d", str(dataset_id), "-plans_name", plans_name, "-c", configuration, "--no_pbar"]
-    args += ["-np", str(n_processes)]
-    start = time.perf_counter()
-    run_nnunet_command(args, folders.environment(), "nnUNetv2_preprocess")
-    seconds = time.perf_counter() - start
-    log.info("preprocessing %s took %.1f s", configuration, seconds)
-    return seconds
+    return _timed(folders, [*args, "-np", str(n_processes)], f"preprocessing {configuration}")
 
 
 def training_configuration_name(configuration: str, num_gpus: int) -> str:
@@ -203,18 +203,18 @@ def plan_dataset(
     dataset_dir = folders.preprocessed / dataset
     small = dict(cpu_configuration)
     name = small.pop("name")
-    own_data = preprocessed_data_identifier(plans_name, configuration or PARENT_CONFIGURATION, cpu_configuration)
-    own_data = own_data if own_data != PARENT_DATA_IDENTIFIER else None
+    trains_on_own_data = (
+        preprocessed_data_identifier(plans_name, configuration or PARENT_CONFIGURATION, cpu_configuration)
+        != PARENT_DATA_IDENTIFIER
+    )
     plan_and_preprocess(
-        folders, dataset_id_of(dataset), planner=planner, n_processes=n_processes, preprocess=own_data is None
+        folders, dataset_id_of(dataset), planner=planner, n_processes=n_processes, preprocess=not trains_on_own_data
     )
     plans_file = dataset_dir / f"{plans_name}.json"
     if small.get("spacing") is not None:
         small["data_identifier"] = own_data_identifier(plans_name, name)
-    else:
-        small.pop("spacing", None)
     add_configuration(plans_file, name, derive_small_configuration(load_planned_configuration(plans_file), **small))
-    if own_data is not None:
+    if trains_on_own_data:
         preprocess_configuration(folders, dataset_id_of(dataset), plans_name, name, n_processes)
     if configuration is not None and num_gpus > 1:
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
