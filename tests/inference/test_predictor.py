@@ -354,3 +354,37 @@ def test_every_benchmark_row_runs_under_the_accelerator_standin(smoke_workflow, 
         if row != "one_pass":  # the compute-only bound writes nothing
             assert (tmp_path / row / images[0].name.replace("_0000", "")).is_file(), row
     assert accelerator_standin.host_copies > 0
+
+
+def test_a_segmentation_model_predicts_under_the_accelerator_standin(smoke_workflow, tmp_path, accelerator_standin):
+    """The segmentation-only path: stage 1's model (no classification head) through the workflow's predictor with
+    the device export and the lesion-presence prior: masks on each image's grid, no class probabilities."""
+    import shutil
+
+    stage1 = smoke_workflow / MODEL.replace("nnUNetTrainerPancreasMultiTask__", "nnUNetTrainerPancreasSeg__")
+    model = tmp_path / "model"
+    shutil.copytree(stage1, model)
+    for name in ("plans.json", "dataset.json"):  # what model_folder_metadata writes beside the folds
+        shutil.copy(smoke_workflow / MODEL / name, model / name)
+    images = sorted(
+        (smoke_workflow / "results" / "nnunet" / "raw" / "Dataset501_PancreasQuiz" / "imagesTr").glob("*_0000.nii.gz")
+    )[:2]
+    settings = InferenceSettings(
+        tile_step_size=0.5,
+        mirror_axes=(),
+        channels_last=False,
+        device="cpu",
+        preprocessing_workers=1,
+        export_workers=1,
+        resample_on_device=True,
+    )
+    with pytest.raises(TypeError, match="no classification head"):
+        build_predictor(model, [0], "checkpoint_final.pth", settings)
+    predictor = build_predictor(model, [0], "checkpoint_final.pth", settings, classification=False)
+    try:
+        probabilities = predict_images(predictor, images, tmp_path / "out", settings, lesion_prior_threshold=0.5)
+    finally:
+        predictor.close()
+    assert probabilities == {} and accelerator_standin.host_copies > 0
+    for image in images:
+        assert_same_geometry(tmp_path / "out" / image.name.replace("_0000.nii.gz", ".nii.gz"), image)
