@@ -4,8 +4,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pancreas_mtl.benchmarks import workflow_copy
+
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_PARTS = ["Snakefile", "workflow", "config", "envs", "src", ".test", "profiles"]
 #: the smallest CPU configuration the tests' end-to-end runs train on
 TINY_CPU_CONFIGURATION = {
     "name": "3d_cpu_demo",
@@ -26,15 +27,7 @@ ONE_EPOCH = {
 
 def copy_workflow(target: Path) -> Path:
     """A copy of the workflow (no results, no caches) so a test run never touches the checkout."""
-    target.mkdir(parents=True, exist_ok=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".snakemake")
-    for part in WORKFLOW_PARTS:
-        source = REPO / part
-        if source.is_dir():
-            shutil.copytree(source, target / part, ignore=ignore)
-        elif source.is_file():
-            shutil.copy2(source, target / part)
-    return target
+    return workflow_copy.copy_workflow(REPO, target)
 
 
 def snakemake_cli() -> list[str]:

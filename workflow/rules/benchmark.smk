@@ -107,3 +107,41 @@ rule plot_real_scale_benchmark:
         "../../envs/evaluation.yaml"
     script:
         "../scripts/plot_benchmark.py"
+
+
+# The real-CT segmentation benchmark is not part of `rule all`: run it as
+# `snakemake results/benchmark/real_ct/summary.json`. Each row and seed trains stage 1 in a copy of the workflow
+# (under results/benchmark/real_ct/runs/), so the job takes every core.
+rule benchmark_real_ct:
+    input:
+        quiz_dir=config["benchmark"]["real_ct"]["quiz_dir"],
+        configfile=config["benchmark"]["real_ct"]["configfile"],
+    output:
+        summary="results/benchmark/real_ct/summary.json",
+        per_case="results/benchmark/real_ct/per_case.csv",
+        chart=report(
+            "results/benchmark/real_ct/dice_vs_minutes.png",
+            caption="../report/benchmark_real_ct.rst",
+            category="Real-CT benchmark",
+        ),
+    log:
+        "logs/benchmark_real_ct.log",
+    benchmark:
+        "benchmarks/benchmark_real_ct.tsv"
+    conda:
+        "../../envs/benchmark.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=config["resources"]["train_mem_mb"],
+        runtime=config["resources"]["train_runtime_min"]
+        * len(config["benchmark"]["real_ct"]["rows"])
+        * len(config["benchmark"]["real_ct"]["seeds"]),
+    params:
+        rows=config["benchmark"]["real_ct"]["rows"],
+        seeds=config["benchmark"]["real_ct"]["seeds"],
+        evaluation_cases=config["benchmark"]["real_ct"]["evaluation_cases"],
+        split_seed=config["benchmark"]["real_ct"]["split_seed"],
+        workflow_dir=workflow.basedir,
+        use_conda=USE_CONDA,
+    script:
+        "../scripts/benchmark_real_ct.py"

@@ -103,6 +103,17 @@ def head_commit(repo: str | Path) -> str:
     return _git(Path(repo), "rev-parse", "HEAD").strip()
 
 
+def head_commit_or_none(path: str | Path) -> str | None:
+    """HEAD of the git work tree holding ``path``; None outside one (a copy of the workflow) or without git."""
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "HEAD"], check=False, capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
 def uncommitted_changes(repo: str | Path) -> list[str]:
     """``git status --porcelain`` lines (modified, staged and untracked, not ignored files)."""
     return [line for line in _git(Path(repo), "status", "--porcelain").splitlines() if line.strip()]
@@ -335,7 +346,7 @@ def default_snakemake() -> Path:
     return Path(found)
 
 
-def _log_tail(path: Path, n: int = 15) -> str:
+def log_tail(path: Path, n: int = 15) -> str:
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
@@ -405,7 +416,7 @@ def run_seed(
         return {
             **run_record(seed, minutes, None, status="failed", returncode=returncode, error=error, **common),
             "reused": False,
-            "log_tail": _log_tail(log_path),
+            "log_tail": log_tail(log_path),
         }
     try:
         metrics = json.loads(metrics_path.read_text())
@@ -423,7 +434,7 @@ def run_seed(
                 **common,
             ),
             "reused": False,
-            "log_tail": _log_tail(log_path),
+            "log_tail": log_tail(log_path),
         }
     record = run_record(seed, minutes, metrics, **common)
     write_json(run_dir / RESULT_FILE, record)

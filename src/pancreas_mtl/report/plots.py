@@ -875,3 +875,46 @@ def plot_learning_summary(
         title += f" (failed seeds: {', '.join(map(str, summary['failed_seeds']))})"
     fig.suptitle(title, fontsize=12)
     return _finish(fig, path)
+
+
+def plot_real_ct_summary(summary: Mapping, path: str | Path) -> Path:
+    """The real-CT benchmark: each run's whole-pancreas and lesion Dice (mean, and every case faintly) against its
+    training minutes, one colour per row."""
+    runs = [r for r in summary.get("runs") or [] if r.get("status") == "ok"]
+    rows = list(dict.fromkeys(r["row"] for r in runs))
+    palette = [OKABE_ITO[c] for c in ("black", "orange", "blue", "bluish_green", "reddish_purple", "vermillion")]
+    colour = {row: palette[i % len(palette)] for i, row in enumerate(rows)}
+    regions = (("whole", "whole-pancreas Dice"), ("lesion", "lesion Dice"))
+    fig, axes = plt.subplots(1, len(regions), figsize=(9.0, 4.2), sharey=True, layout="constrained")
+    for ax, (region, title) in zip(axes, regions):
+        for run in runs:
+            minutes = run.get("train_minutes") or run.get("minutes")
+            cases = [c for c in run.get("per_case_dice", {}).get(region, []) if c is not None]
+            if cases:
+                ax.scatter([minutes] * len(cases), cases, s=14, color=colour[run["row"]], alpha=0.3, linewidth=0)
+            mean = run["scores"][region]["dice"]["mean"]
+            if mean is None:
+                continue
+            ax.scatter(minutes, mean, s=70, color=colour[run["row"]], edgecolor="white", zorder=3, label=run["row"])
+            ax.annotate(
+                f"{run['row']} s{run['seed']}: {mean:.3f}",
+                (minutes, mean),
+                xytext=(6, 4),
+                textcoords="offset points",
+                fontsize=8,
+            )
+        ax.set_title(title)
+        ax.set_xlabel("stage-1 training (minutes)")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("Dice (dot: mean; faint: each case)")
+    handles = [Line2D([], [], marker="o", linestyle="", color=colour[row], label=row) for row in rows]
+    if handles:
+        axes[-1].legend(handles=handles, loc="lower right", fontsize=8)
+    split = summary.get("split") or {}
+    fig.suptitle(
+        f"Real-CT segmentation benchmark: {len(split.get('train', []))} training, "
+        f"{len(split.get('evaluation', []))} evaluation cases",
+        fontsize=10,
+    )
+    return _finish(fig, path)
