@@ -905,12 +905,13 @@ def plot_real_ct_summary(summary: Mapping, path: str | Path) -> Path:
             )
         ax.set_title(title)
         ax.set_xlabel("stage-1 training (minutes)")
-        ax.set_ylim(0, 1)
+        ax.set_xlim(0, max([r.get("train_minutes") or r.get("minutes") or 1.0 for r in runs] or [1.0]) * 1.3)
+        ax.set_ylim(-0.03, 1)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("Dice (dot: mean; faint: each case)")
     handles = [Line2D([], [], marker="o", linestyle="", color=colour[row], label=row) for row in rows]
     if handles:
-        axes[-1].legend(handles=handles, loc="lower right", fontsize=8)
+        axes[-1].legend(handles=handles, loc="upper left", fontsize=8)
     split = summary.get("split") or {}
     fig.suptitle(
         f"Real-CT segmentation benchmark: {len(split.get('train', []))} training, "
