@@ -114,6 +114,30 @@ def test_dataset_json(converted):
     assert d["name"] == NAME and d["description"]
 
 
+def test_region_labels_declare_nnunets_regions_over_the_same_masks(quiz_dir, tmp_path):
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    from pancreas_mtl.inference.lesion_prior import lesion_output_channel
+
+    _, paths = convert(quiz_dir, tmp_path / "regions", labels="regions")
+    _, softmax_paths = convert(quiz_dir, tmp_path / "softmax")
+    d = json.loads((paths["raw_dataset_dir"] / "dataset.json").read_text())
+    assert d["labels"] == {"background": 0, "whole_pancreas": [1, 2], "lesion": [2]}
+    assert d["regions_class_order"] == [1, 2]
+    manager = LabelManager(d["labels"], d["regions_class_order"])
+    assert manager.has_regions and manager.num_segmentation_heads == 2
+    assert [tuple(r) for r in manager.foreground_regions] == [(1, 2), (2,)]
+    assert lesion_output_channel(manager) == 1
+    for mask in sorted((paths["raw_dataset_dir"] / "labelsTr").iterdir()):  # the masks are the softmax run's
+        assert mask.read_bytes() == (softmax_paths["raw_dataset_dir"] / "labelsTr" / mask.name).read_bytes()
+
+
+def test_an_unknown_label_mode_is_refused_before_anything_is_written(quiz_dir, tmp_path):
+    with pytest.raises(UserInputError, match="training.labels must be one of softmax, regions, got 'sigmoid'"):
+        convert(quiz_dir, tmp_path, labels="sigmoid")
+    assert not (tmp_path / "out").exists()
+
+
 def test_splits_fold0_is_the_official_split(converted):
     splits = json.loads(converted.splits_json.read_text())
     b = converted.builder
@@ -413,6 +437,7 @@ def _run_script(quiz_dir: Path, tmp_path: Path, threads: int = 1) -> Path:
             k=5,
             split_seed=12345,
             selection_fraction=0.15,
+            labels="softmax",
         ),
         wildcards=SimpleNamespace(dataset=NAME),
         output=SimpleNamespace(

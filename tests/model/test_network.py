@@ -18,6 +18,8 @@ from pancreas_mtl.model.network import (
     MultiTaskUNet,
     build_multitask_network,
     default_stage_indices,
+    label_probabilities,
+    lesion_probability,
     resolve_arch_class_name,
     strip_state_dict_prefixes,
 )
@@ -435,3 +437,36 @@ def test_stale_residual_unet_class_path_is_resolved():
 def test_non_unet_rejected():
     with pytest.raises(TypeError, match="encoder"):
         MultiTaskUNet(torch.nn.Conv3d(1, 3, 1))
+
+
+# ----------------------------------------------------------------------------------------------- region outputs
+def test_region_outputs_become_label_probabilities_the_label_map_agrees_with():
+    g = torch.Generator().manual_seed(0)
+    logits = 4 * torch.randn(2, 2, 4, 5, 6, generator=g)  # whole pancreas, lesion
+    probs = label_probabilities(logits, region_outputs=True)
+    whole, lesion = torch.sigmoid(logits[:, 0]), torch.sigmoid(logits[:, 1])
+    assert probs.shape == (2, 3, 4, 5, 6) and (probs >= 0).all()
+    assert torch.allclose(probs[:, 0], 1 - whole) and torch.allclose(probs[:, 2], lesion)
+    assert torch.allclose(lesion_probability(logits, region_outputs=True), lesion)
+    # where both outputs say lesion, nnU-Net's label map (regions_class_order [1, 2]) is 2 and so is the most probable
+    # label; where neither says foreground, both are background
+    both, neither = (whole > 0.5) & (lesion > 0.5), (whole <= 0.5) & (lesion <= 0.5)
+    assert both.any() and neither.any()
+    assert (probs.argmax(1)[both] == 2).all() and (probs.argmax(1)[neither] == 0).all()
+    softmax = torch.randn(2, 3, 4, 5, 6, generator=g)
+    assert torch.allclose(label_probabilities(softmax, region_outputs=False), torch.softmax(softmax, 1))
+    assert torch.allclose(lesion_probability(softmax, region_outputs=False), torch.softmax(softmax, 1)[:, 2])
+
+
+def test_two_outputs_build_a_region_network_whose_head_is_guided_by_the_lesion_region():
+    pm, cm = _managers()
+    torch.manual_seed(0)
+    regions = build_multitask_network(pm, cm, 1, 2, False, head_variant="roi_attention", hidden=16)
+    assert regions.region_outputs and not _build(ds=False).region_outputs
+    x = _x()
+    seg, class_logits = regions(x, return_class_logits=True)
+    assert seg.shape == (2, 2, *PATCH) and class_logits.shape == (2, 3)
+    guidance = regions.classification_head.guidance_map(label_probabilities(seg, region_outputs=True))
+    head = regions.classification_head
+    expected = torch.sigmoid(seg[:, 1:2]) + head.pancreas_weight * label_probabilities(seg, True)[:, 1:2]
+    assert torch.allclose(guidance, expected)

@@ -184,6 +184,9 @@ ROW_CHANGES = {
     "a validation case (it sits in nnU-Net's `imagesTr`, so in its dataset fingerprint and plans)": [
         edited_labelled_case("validation")
     ],
+    "`training.labels` (the conversion writes the regions into `dataset.json`)": [
+        with_config({"training": {"labels": "regions"}})
+    ],
     "`training.split`, `training.k`, `training.split_seed`, `training.selection_fraction` (the splits)": [
         with_config({"training": {"selection_fraction": 0.3}}),
         with_config({"training": {"split_seed": 7}}),

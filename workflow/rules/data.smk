@@ -49,6 +49,7 @@ rule convert_quiz_to_nnunet:
         ),
         split_seed=config["training"]["split_seed"],
         selection_fraction=config["training"]["selection_fraction"],
+        labels=config["training"]["labels"],
     script:
         "../scripts/convert_quiz_to_nnunet.py"
 

@@ -22,6 +22,7 @@ def main():
         k=snakemake.params.k,
         split_seed=snakemake.params.split_seed,
         selection_fraction=snakemake.params.selection_fraction,
+        labels=snakemake.params.labels,
     )
 
 

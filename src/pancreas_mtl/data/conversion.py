@@ -52,7 +52,15 @@ import numpy as np
 
 from pancreas_mtl.data.case_table import write_case_table
 from pancreas_mtl.data.folder_check import selection_size
-from pancreas_mtl.data.labels import LABELS, LESION_LABEL, PANCREAS_LABEL, SUBTYPES
+from pancreas_mtl.data.labels import (
+    LABEL_MODES,
+    LABELS,
+    LESION_LABEL,
+    PANCREAS_LABEL,
+    REGION_LABELS,
+    REGIONS_CLASS_ORDER,
+    SUBTYPES,
+)
 from pancreas_mtl.data.quiz_layout import (
     LABELLED_SPLITS,
     TEST_IMAGE_RE,
@@ -73,9 +81,14 @@ SPLIT_SCHEMES = ("official", "kfold")
 _DATASET_ENTRIES = {"dataset.json", "imagesTr", "labelsTr", "imagesTs"}
 
 
-def dataset_json(cases: list[QuizCase], dataset_name: str = DEFAULT_DATASET_NAME) -> dict:
-    """nnU-Net v2 ``dataset.json`` for the converted quiz cases."""
+def dataset_json(cases: list[QuizCase], dataset_name: str = DEFAULT_DATASET_NAME, labels: str = "softmax") -> dict:
+    """nnU-Net v2 ``dataset.json`` for the converted quiz cases. ``labels`` ``"regions"`` declares nnU-Net's
+    overlapping regions (whole pancreas, lesion) and their ``regions_class_order``, which switch nnU-Net's trainer to
+    sigmoid outputs and its region loss; the masks are the same either way."""
+    if labels not in LABEL_MODES:
+        raise UserInputError(f"training.labels must be one of {', '.join(LABEL_MODES)}, got {labels!r}")
     n_training = sum(1 for c in cases if c.split in LABELLED_SPLITS)
+    regions = {"labels": dict(REGION_LABELS), "regions_class_order": list(REGIONS_CLASS_ORDER)}
     return {
         "name": dataset_name,
         "description": "Pancreas quiz: 3D CT, pancreas (1) and lesion (2) segmentation; lesion subtype "
@@ -88,6 +101,7 @@ def dataset_json(cases: list[QuizCase], dataset_name: str = DEFAULT_DATASET_NAME
         "labels": dict(LABELS),
         "numTraining": n_training,
         "file_ending": ".nii.gz",
+        **(regions if labels == "regions" else {}),
     }
 
 
@@ -397,6 +411,7 @@ def convert_quiz_to_nnunet(
     k: int = 5,
     split_seed: int | None = None,
     selection_fraction: float | None = None,
+    labels: str = "softmax",
 ) -> dict:
     """Validate the labelled cases of the quiz folder (train/, validation/) and convert them to an nnU-Net v2 raw
     dataset (see the module docstring).
@@ -406,7 +421,7 @@ def convert_quiz_to_nnunet(
     written. A previous conversion at ``raw_dataset_dir`` is replaced; any other existing folder is not.
     ``allow_partial`` converts a quiz folder that has only some split/subtype folders (the real-scale
     benchmark plans from such a sample). ``split_scheme``, ``k``, ``split_seed`` and ``selection_fraction`` go
-    to :func:`make_splits`.
+    to :func:`make_splits`; ``labels`` (``training.labels``) to :func:`dataset_json`.
 
     Returns a summary: ``{"dataset_name", "raw_dataset_dir", "cases": {"train": n, "validation": n},
     "subtypes": {split: {"0": n, "1": n, "2": n}}, "seconds"}``.
@@ -425,6 +440,8 @@ def convert_quiz_to_nnunet(
             dataset_name,
         )
 
+    if labels not in LABEL_MODES:
+        raise UserInputError(f"training.labels must be one of {', '.join(LABEL_MODES)}, got {labels!r}")
     if split_scheme not in SPLIT_SCHEMES:
         raise UserInputError(f"unknown split scheme {split_scheme!r}; known schemes: {', '.join(SPLIT_SCHEMES)}")
     cases = validate_quiz_folder(quiz_dir, n_workers=n_workers, allow_partial=allow_partial, splits=LABELLED_SPLITS)
@@ -453,7 +470,7 @@ def convert_quiz_to_nnunet(
             if i % step == 0 or i == n:
                 log.info("converted %d/%d case(s) (last: %s)", i, n, done.case_id)
         _log_missing_labels(lacking)
-        _write_json(tmp_dir / "dataset.json", dataset_json(cases, dataset_name))
+        _write_json(tmp_dir / "dataset.json", dataset_json(cases, dataset_name, labels))
 
         splits_tmp, table_tmp = _partial_file(splits_json), _partial_file(case_table_csv)
         tmp_files += [splits_tmp, table_tmp]

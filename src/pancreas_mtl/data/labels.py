@@ -12,6 +12,18 @@ LESION_LABEL = 2
 #: nnU-Net's ``dataset.json`` ``labels`` entry
 LABELS = {"background": BACKGROUND_LABEL, "pancreas": PANCREAS_LABEL, "lesion": LESION_LABEL}
 MASK_LABELS: tuple[int, ...] = (BACKGROUND_LABEL, PANCREAS_LABEL, LESION_LABEL)
+#: ``training.labels``: softmax (one output per label) or regions (nnU-Net's region-based training: overlapping
+#: sigmoid outputs, as for BraTS)
+LABEL_MODES = ("softmax", "regions")
+#: the regions' ``dataset.json`` ``labels`` entry, in output-channel order: the whole pancreas {1, 2}, then the lesion
+#: {2}; the masks on disk keep labels 0/1/2
+REGION_LABELS = {
+    "background": BACKGROUND_LABEL,
+    "whole_pancreas": [PANCREAS_LABEL, LESION_LABEL],
+    "lesion": [LESION_LABEL],
+}
+#: the label each region's channel writes when outputs become a label map, later ones over earlier ones
+REGIONS_CLASS_ORDER = [PANCREAS_LABEL, LESION_LABEL]
 
 SUBTYPES: tuple[int, ...] = (0, 1, 2)
 NUM_SUBTYPES = len(SUBTYPES)

@@ -37,7 +37,6 @@ import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from torch._dynamo import OptimizedModule
 
-from pancreas_mtl.data.labels import LESION_LABEL
 from pancreas_mtl.inference import device_resampling
 from pancreas_mtl.inference.lesion_prior import lesion_output_channel
 from pancreas_mtl.inference.workers import (
@@ -47,6 +46,7 @@ from pancreas_mtl.inference.workers import (
     preprocess_case,
     timed_in_worker,
 )
+from pancreas_mtl.model.network import lesion_probability
 
 log = logging.getLogger(__name__)
 
@@ -311,5 +311,6 @@ class MultiTaskPredictor(nnUNetPredictor):
         finally:
             self.network = network
         self._tile_class_logits.append(torch.stack(class_logits).mean(0))
-        self._tile_lesion_mass.append(torch.softmax(segmentation.float(), dim=1)[:, LESION_LABEL].flatten(1).sum(1))
+        lesion = lesion_probability(segmentation, self.label_manager.has_regions)
+        self._tile_lesion_mass.append(lesion.flatten(1).sum(1))
         return segmentation

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pancreas_mtl.data.labels import LESION_LABEL, REGIONS_CLASS_ORDER
 from pancreas_mtl.model.classification_head import build_classification_head
 
 __all__ = [
@@ -96,6 +97,32 @@ def _extract_state_dict(source: Any) -> dict[str, torch.Tensor]:
     return strip_state_dict_prefixes(sd)
 
 
+#: output channels of region-based training (training.labels regions): the whole pancreas, then the lesion
+WHOLE_REGION_CHANNEL, LESION_REGION_CHANNEL = 0, 1
+
+
+def lesion_probability(seg_logits: torch.Tensor, region_outputs: bool) -> torch.Tensor:
+    """(B, C, *S) segmentation logits -> (B, *S) lesion probability: the softmax's lesion channel, or the sigmoid of
+    the lesion region."""
+    if region_outputs:
+        return torch.sigmoid(seg_logits[:, LESION_REGION_CHANNEL].float())
+    return torch.softmax(seg_logits.float(), dim=1)[:, LESION_LABEL]
+
+
+def label_probabilities(seg_logits: torch.Tensor, region_outputs: bool) -> torch.Tensor:
+    """(B, C, *S) segmentation logits -> (B, 3, *S) probabilities of background, pancreas and lesion.
+
+    Softmax outputs give their softmax. Region outputs (sigmoids of the whole pancreas ``w`` and the lesion ``l``)
+    give background ``1 - w``, pancreas ``max(w - l, 0)`` and lesion ``l``: where both outputs say lesion, or both
+    say background, the most probable label is the one nnU-Net's label map (``regions_class_order``: the lesion over
+    the pancreas) gives the voxel."""
+    if not region_outputs:
+        return torch.softmax(seg_logits.float(), dim=1)
+    whole = torch.sigmoid(seg_logits[:, WHOLE_REGION_CHANNEL].float())
+    lesion = torch.sigmoid(seg_logits[:, LESION_REGION_CHANNEL].float())
+    return torch.stack([1 - whole, (whole - lesion).clamp_min(0), lesion], dim=1)
+
+
 class MultiTaskUNet(nn.Module):
     """nnU-Net segmentation network + lesion-subtype classification head on the shared encoder.
 
@@ -109,6 +136,9 @@ class MultiTaskUNet(nn.Module):
         ``"roi_attention"`` (default) or ``"global_pool"``.
     stage_indices:
         Encoder stages fed to the head; default :func:`default_stage_indices`.
+    region_outputs:
+        The segmentation outputs are regions (whole pancreas, lesion; sigmoid) rather than softmax labels: the
+        ROI-attention head's guidance comes from :func:`label_probabilities` either way.
     head_kwargs:
         Passed to :func:`~pancreas_mtl.model.classification_head.build_classification_head`
         (``num_classes``, ``hidden``, ``dropout``, ``guidance_detach``, ...).
@@ -119,9 +149,11 @@ class MultiTaskUNet(nn.Module):
         segmentation_network: nn.Module,
         head_variant: str = "roi_attention",
         stage_indices: Sequence[int] | None = None,
+        region_outputs: bool = False,
         **head_kwargs: Any,
     ):
         super().__init__()
+        self.region_outputs = bool(region_outputs)
         encoder = getattr(segmentation_network, "encoder", None)
         decoder = getattr(segmentation_network, "decoder", None)
         if not isinstance(encoder, nn.Module) or not isinstance(decoder, nn.Module):
@@ -168,7 +200,7 @@ class MultiTaskUNet(nn.Module):
         probs = None
         if getattr(self.classification_head, "uses_guidance", True):
             highres = seg[0] if isinstance(seg, (list, tuple)) else seg
-            probs = torch.softmax(highres.float(), dim=1)
+            probs = label_probabilities(highres, self.region_outputs)
         return seg, self.classification_head(skips, probs)
 
     @property
@@ -277,7 +309,11 @@ def build_multitask_network(
     """Build the plans' segmentation network exactly like ``nnUNetTrainer.build_network_architecture`` (nnU-Net
     2.8: ``get_network_from_plans`` with ``allow_init=True``, i.e. ``network.apply(network.initialize)``) and wrap
     it in :class:`MultiTaskUNet`. ``plans_manager`` is unused (kept for the trainer's signature). A stale
-    ``...architectures.residual_unet.*`` class name is mapped by :func:`resolve_arch_class_name`."""
+    ``...architectures.residual_unet.*`` class name is mapped by :func:`resolve_arch_class_name`.
+
+    nnU-Net hands the builder no label manager: the quiz's labels give 3 softmax outputs (background, pancreas,
+    lesion) or, with region-based training, 2 region outputs (whole pancreas, lesion), so the output count says
+    which."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     seg = get_network_from_plans(
@@ -289,4 +325,10 @@ def build_multitask_network(
         allow_init=True,
         deep_supervision=enable_deep_supervision,
     )
-    return MultiTaskUNet(seg, head_variant=head_variant, stage_indices=stage_indices, **head_kwargs)
+    return MultiTaskUNet(
+        seg,
+        head_variant=head_variant,
+        stage_indices=stage_indices,
+        region_outputs=num_output_channels == len(REGIONS_CLASS_ORDER),
+        **head_kwargs,
+    )
