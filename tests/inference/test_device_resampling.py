@@ -55,3 +55,24 @@ def test_plans_with_tricubic_probability_resampling_keep_nnunets_path():
 
     assert supports(configuration(1)) and supports(configuration(0))
     assert not supports(configuration(3))
+
+
+def test_region_outputs_become_nnunets_label_map_on_the_device():
+    """Region probabilities (whole pancreas, lesion) become nnU-Net's label map, the lesion over the pancreas, on the
+    device and without a trip through numpy (an accelerator tensor refuses it)."""
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    from pancreas_mtl.data.labels import REGION_LABELS, REGIONS_CLASS_ORDER
+    from pancreas_mtl.inference.device_resampling import segmentation_on_device
+    from tests.accelerator import OnAccelerator
+
+    manager = LabelManager(REGION_LABELS, REGIONS_CLASS_ORDER)
+    logits = torch.from_numpy(np.random.default_rng(1).normal(scale=3, size=(2, 5, 6, 7)).astype(np.float32))
+    probabilities = manager.apply_inference_nonlin(logits)
+    expected = manager.convert_probabilities_to_segmentation(probabilities.numpy())
+    on_device = segmentation_on_device(manager, probabilities.as_subclass(OnAccelerator))
+    assert on_device.dtype == torch.uint8
+    labels = on_device.cpu().numpy()
+    assert np.array_equal(labels, expected) and set(np.unique(labels)) == {0, 1, 2}
+    whole, lesion = probabilities.numpy() > 0.5
+    assert np.array_equal(labels == 2, lesion) and np.array_equal(labels == 1, whole & ~lesion)

@@ -470,3 +470,11 @@ def test_two_outputs_build_a_region_network_whose_head_is_guided_by_the_lesion_r
     head = regions.classification_head
     expected = torch.sigmoid(seg[:, 1:2]) + head.pancreas_weight * label_probabilities(seg, True)[:, 1:2]
     assert torch.allclose(guidance, expected)
+
+
+def test_the_global_pool_head_takes_a_region_network_too():
+    pm, cm = _managers()
+    torch.manual_seed(0)
+    regions = build_multitask_network(pm, cm, 1, 2, False, head_variant="global_pool", hidden=16)
+    seg, class_logits = regions(_x(), return_class_logits=True)
+    assert regions.region_outputs and seg.shape == (2, 2, *PATCH) and class_logits.shape == (2, 3)
