@@ -14,6 +14,7 @@ os.environ.update(
 
 from snakemake.settings.types import DeploymentMethod
 
+from pancreas_mtl.benchmarks.learning import head_commit_or_none  # noqa: E402
 from pancreas_mtl.config import check_config  # noqa: E402
 from pancreas_mtl.data.folder_check import folder_plan  # noqa: E402
 from pancreas_mtl.data.folder_check import quiz_counts  # noqa: E402
@@ -62,6 +63,8 @@ if config["benchmark"]["real_scale_dataset_id"] == config["nnunet"]["dataset_id"
         "benchmark.real_scale_dataset_id must differ from nnunet.dataset_id "
         f"(both are {config['nnunet']['dataset_id']})"
     )
+# The workflow's commit, for the model card (None outside a git checkout).
+WORKFLOW_COMMIT = head_commit_or_none(workflow.basedir)
 # Whether this run deploys conda environments: the real-CT benchmark's runs of the workflow do the same.
 USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
 NNUNET_ROOT = "results/nnunet"

@@ -99,6 +99,54 @@ def write_model_archive(members: Sequence[tuple[Path, str]], card: Mapping, out_
     return out_zip
 
 
+def package_versions() -> dict[str, str | None]:
+    """The versions of what a model needs to run: torch, nnunetv2 and this package."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import pancreas_mtl
+
+    versions: dict[str, str | None] = {"pancreas_mtl": pancreas_mtl.__version__}
+    for name in ("torch", "nnunetv2"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def model_card(
+    *,
+    model: str,
+    stage: str,
+    folds: Sequence[int | str],
+    checkpoint: str,
+    case_counts: Mapping,
+    selection_cases: Mapping[str, Sequence[str]],
+    metrics: Mapping | None,
+    inference: Mapping,
+    lesion_prior: Mapping,
+    config: Mapping,
+    commit: str | None,
+) -> dict:
+    """What ``model_card.json`` says of a model, besides the checksums :func:`write_model_archive` adds: what it is,
+    how it was trained and chosen, how it scored and how it predicts. Case counts only, never the images."""
+    return {
+        "model": model,
+        "stage": stage,
+        "folds": list(folds),
+        "checkpoint": checkpoint,
+        "labels": config.get("training", {}).get("labels", "softmax"),
+        "case_counts": dict(case_counts),
+        "selection_cases": {str(k): list(v) for k, v in selection_cases.items()},
+        "validation_metrics": dict(metrics) if metrics is not None else None,
+        "inference": dict(inference),
+        "lesion_prior": dict(lesion_prior),
+        "versions": package_versions(),
+        "workflow_commit": commit,
+        "config": dict(config),
+    }
+
+
 # ---------------------------------------------------------------------------------------------- reading
 def unsafe_member_names(names: Sequence[str], infos: Sequence[zipfile.ZipInfo] = ()) -> list[str]:
     """A problem per member name that would leave the target folder (absolute, ``..``, a drive or a backslash) or
