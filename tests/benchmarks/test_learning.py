@@ -386,3 +386,12 @@ def test_the_script_runs_every_seed_and_exits_non_zero_after_a_failure(tmp_path,
 
     assert script.main(["--seeds", "1", "--snakemake", str(snakemake), "--out", str(out)]) == 0
     assert "(reused)" in capsys.readouterr().out
+
+
+def test_the_commit_of_a_workflow_folder_is_its_own_checkouts_only(tmp_path):
+    repo = make_repo(tmp_path / "repo", {"committed.txt": "v1\n"})
+    copy = repo / "results" / "copy"
+    copy.mkdir(parents=True)
+    assert lb.head_commit_or_none(repo) == lb.head_commit(repo)
+    assert lb.head_commit_or_none(copy) is None  # a copy inside a checkout is not that checkout
+    assert lb.head_commit_or_none(tmp_path) is None

@@ -104,14 +104,21 @@ def head_commit(repo: str | Path) -> str:
 
 
 def head_commit_or_none(path: str | Path) -> str | None:
-    """HEAD of the git work tree holding ``path``; None outside one (a copy of the workflow) or without git."""
+    """HEAD of the git work tree whose top folder is ``path``; None for a copy of the workflow (also one inside
+    another checkout's ``results/``) or without git."""
     try:
         result = subprocess.run(
-            ["git", "-C", str(path), "rev-parse", "HEAD"], check=False, capture_output=True, text=True
+            ["git", "-C", str(path), "rev-parse", "--show-toplevel", "HEAD"],
+            check=False,
+            capture_output=True,
+            text=True,
         )
     except OSError:
         return None
-    return result.stdout.strip() if result.returncode == 0 else None
+    lines = result.stdout.split()
+    if result.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != Path(path).resolve():
+        return None
+    return lines[1]
 
 
 def uncommitted_changes(repo: str | Path) -> list[str]:
