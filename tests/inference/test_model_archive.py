@@ -166,3 +166,17 @@ def test_a_truncated_checkpoint_is_a_clear_error(tmp_path):
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(UserInputError, match=r"checkpoint_final.pth: the checkpoint cannot be read \(corrupt or trunc"):
         ma.load_checkpoint(path)
+
+
+def test_an_archive_from_other_versions_is_warned_about_naming_both(tmp_path):
+    folder, fingerprint = model_folder(tmp_path / "trained")
+    members = ma.archive_members(folder, [0], "checkpoint_final.pth", fingerprint)
+    here = ma.package_versions()
+    card = {"versions": {**here, "nnunetv2": "2.5.0"}}
+    archive = ma.write_model_archive(members, card, tmp_path / "old.zip")
+    warnings = ma.version_warnings(ma.read_model_card(archive), archive)
+    assert warnings == [
+        f"{archive}: the model was made with nnunetv2 2.5.0, this installation has nnunetv2 {here['nnunetv2']}"
+    ]
+    same = ma.write_model_archive(members, {"versions": here}, tmp_path / "same.zip")
+    assert ma.version_warnings(ma.read_model_card(same), same) == []

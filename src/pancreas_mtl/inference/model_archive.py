@@ -222,6 +222,18 @@ def _checksum_problems(archive: zipfile.ZipFile, expected: Mapping[str, str], ca
     return problems
 
 
+def version_warnings(card: Mapping, zip_path: str | Path) -> list[str]:
+    """A warning per package whose version differs between the archive's training and this installation (nnunetv2
+    and this package: their checkpoints and predictors may differ; torch too)."""
+    here = package_versions()
+    made = card.get("versions") or {}
+    return [
+        f"{zip_path}: the model was made with {name} {made[name]}, this installation has {name} {here.get(name)}"
+        for name in ("nnunetv2", "pancreas_mtl", "torch")
+        if made.get(name) is not None and made.get(name) != here.get(name)
+    ]
+
+
 def extract_model_archive(zip_path: str | Path, target: str | Path) -> dict:
     """Check the archive (:func:`read_model_card`), then extract it inside ``target`` (nnU-Net's results folder
     layout); returns the model card. Member names were checked, so every file lands inside ``target``."""
