@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
@@ -45,6 +44,7 @@ import yaml
 
 from pancreas_mtl.errors import UserInputError
 from pancreas_mtl.evaluation.summary import write_json
+from pancreas_mtl.inference.model_archive import sha256_file
 
 #: headline fields of a run -> key of the workflow's ``results/metrics/summary.json``
 HEADLINE_METRICS = {
@@ -177,10 +177,6 @@ def parse_config_items(items: Sequence[str]) -> dict:
     return tree
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def config_overrides(
     config_items: Sequence[str] = (), configfiles: Sequence[str | Path] = (), seed_key: str = DEFAULT_SEED_KEY
 ) -> dict:
@@ -201,7 +197,7 @@ def config_overrides(
         path = Path(f).expanduser().resolve()
         if not path.is_file():
             raise UserInputError(f"--configfile {f}: no such file")
-        files.append({"path": str(path), "sha256": _sha256(path)})
+        files.append({"path": str(path), "sha256": sha256_file(path)})
     return {"seed_key": seed_key, "config": list(config_items), "configfiles": files}
 
 
@@ -404,18 +400,7 @@ def run_seed(
         "log": log_path,
     }
 
-    start = time.perf_counter()
-    with open(log_path, "w") as log:
-        log.write(f"# {shlex.join(command)}\n# in {workdir}\n")
-        log.flush()
-        try:
-            returncode = subprocess.run(
-                command, check=False, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT
-            ).returncode
-        except OSError as err:
-            log.write(f"could not start snakemake: {err}\n")
-            returncode = None
-    minutes = (time.perf_counter() - start) / 60.0
+    returncode, minutes = run_to_log(command, workdir, env, log_path)
 
     metrics_path = workdir / METRICS_FILE
     if returncode != 0:
@@ -446,6 +431,23 @@ def run_seed(
     record = run_record(seed, minutes, metrics, **common)
     write_json(run_dir / RESULT_FILE, record)
     return {**record, "reused": False}
+
+
+def run_to_log(command: Sequence[str], workdir: Path, env: Mapping, log_path: Path) -> tuple[int | None, float]:
+    """Run Snakemake's ``command`` in ``workdir`` with its output in ``log_path`` (headed by the command);
+    (return code, None when it could not start; minutes)."""
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        log.write(f"# {shlex.join(command)}\n# in {workdir}\n")
+        log.flush()
+        try:
+            returncode = subprocess.run(
+                command, check=False, cwd=workdir, env=dict(env), stdout=log, stderr=subprocess.STDOUT
+            ).returncode
+        except OSError as err:
+            log.write(f"could not start snakemake: {err}\n")
+            returncode = None
+    return returncode, (time.perf_counter() - start) / 60.0
 
 
 def fmt_number(value, digits: int = 3) -> str:

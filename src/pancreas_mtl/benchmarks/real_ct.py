@@ -29,7 +29,6 @@ prior (the cases it changed are rescored on their masks as predicted before it).
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
 import math
@@ -38,8 +37,6 @@ import random
 import shlex
 import shutil
 import statistics
-import subprocess
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,13 +44,20 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from pancreas_mtl.benchmarks.learning import default_snakemake, finite_number, head_commit_or_none, log_tail
+from pancreas_mtl.benchmarks.learning import (
+    default_snakemake,
+    finite_number,
+    head_commit_or_none,
+    log_tail,
+    run_to_log,
+)
 from pancreas_mtl.benchmarks.workflow_copy import copy_workflow, workflow_digest
 from pancreas_mtl.data.lesion_prior_record import WITHOUT_PRIOR_FOLDER
 from pancreas_mtl.data.quiz_layout import QuizCase, discover_quiz_cases, mask_file_name
 from pancreas_mtl.errors import UserInputError
 from pancreas_mtl.evaluation.segmentation import evaluate_segmentation
 from pancreas_mtl.evaluation.summary import read_segmentation_per_case, write_json
+from pancreas_mtl.inference.model_archive import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -221,10 +225,6 @@ def run_dir_of(out_dir: Path, row: str, seed: int) -> Path:
     return Path(out_dir) / "runs" / row / f"seed_{int(seed)}"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _reusable(run_dir: Path, identity: Mapping) -> dict | None:
     path = run_dir / RESULT_FILE
     try:
@@ -314,7 +314,7 @@ def run_row(row: str, seed: int, setting: RunSetting, echo: Callable[[str], None
         "row": row,
         "seed": int(seed),
         "workflow": workflow_digest(setting.workflow_dir),
-        "configfile": {"path": str(setting.configfile), "sha256": _sha256(setting.configfile)},
+        "configfile": {"path": str(setting.configfile), "sha256": sha256_file(setting.configfile)},
         "run_config": config_tree,
         "cases": cases_identity(setting.split),
         "cores": setting.cores,
@@ -356,18 +356,7 @@ def run_row(row: str, seed: int, setting: RunSetting, echo: Callable[[str], None
         "log": str(log_path),
     }
     echo(f"{row}, seed {seed}: running the workflow in {workdir} (log: {log_path})")
-    start = time.perf_counter()
-    with open(log_path, "w") as out:
-        out.write(f"# {shlex.join(command)}\n# in {workdir}\n")
-        out.flush()
-        try:
-            returncode = subprocess.run(
-                command, check=False, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT
-            ).returncode
-        except OSError as err:
-            out.write(f"could not start snakemake: {err}\n")
-            returncode = None
-    minutes = (time.perf_counter() - start) / 60.0
+    returncode, minutes = run_to_log(command, workdir, env, log_path)
     if returncode != 0:
         return {
             **common,

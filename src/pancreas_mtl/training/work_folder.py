@@ -15,7 +15,6 @@ stage-1 model) starts afresh and keeps the old folder beside it, renamed (:func:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from pancreas_mtl.inference.model_archive import sha256_file
 from pancreas_mtl.training.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
@@ -60,14 +60,6 @@ def saved_epoch(path: str | Path) -> int | None:
         return None
 
 
-def file_digest(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def training_identity(
     settings: TrainingSettings,
     *,
@@ -93,7 +85,7 @@ def training_identity(
         "configuration": configuration,
         "fold": str(fold),
         "settings": values,
-        "inputs": {name: file_digest(path) for name, path in sorted(files.items())},
+        "inputs": {name: sha256_file(path) for name, path in sorted(files.items())},
     }
 
 
