@@ -7,6 +7,7 @@ import pytest
 
 from pancreas_mtl.data.case_table import (
     CASE_TABLE_COLUMNS,
+    case_counts,
     case_subtypes,
     read_case_table,
     split_cases,
@@ -63,3 +64,17 @@ def test_missing_file_and_missing_columns_are_user_errors(tmp_path):
     path.write_text("case_id,split,image\nquiz_0_001,train,a\n")
     with pytest.raises(UserInputError, match=r"missing column\(s\) subtype, mask"):
         read_case_table(path)
+
+
+def test_case_counts_per_split_and_subtype_name_plain_cases(tmp_path):
+    rows = [
+        {"case_id": case, "split": split, "subtype": subtype, "image": f"imagesTr/{case}_0000.nii.gz", "mask": ""}
+        for case, split, subtype in [
+            ("quiz_2_001", "train", "2"),
+            ("quiz_2_002", "train", "2"),
+            ("quiz_0_003", "train", "0"),
+            ("liver_01", "validation", ""),  # a plain layout's case: no subtype
+        ]
+    ]
+    path = write_case_table(tmp_path / "case_table.csv", rows)
+    assert case_counts(path) == {"train": {"0": 1, "2": 2}, "validation": {"plain": 1}}

@@ -63,8 +63,6 @@ if config["benchmark"]["real_scale_dataset_id"] == config["nnunet"]["dataset_id"
         "benchmark.real_scale_dataset_id must differ from nnunet.dataset_id "
         f"(both are {config['nnunet']['dataset_id']})"
     )
-# The workflow's commit, for the model card (None outside a git checkout).
-WORKFLOW_COMMIT = head_commit_or_none(workflow.basedir)
 # Whether this run deploys conda environments: the real-CT benchmark's runs of the workflow do the same.
 USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
 NNUNET_ROOT = "results/nnunet"

@@ -30,6 +30,7 @@ rule export_model:
         inference=config["inference"],
         lesion_prior=config["postprocessing"]["lesion_presence_prior"],
         config=config,
-        commit=WORKFLOW_COMMIT,
+        # asked only when the archive is made, not at every start-up (None outside a git checkout)
+        commit=lambda wildcards: head_commit_or_none(workflow.basedir),
     script:
         "../scripts/export_model.py"

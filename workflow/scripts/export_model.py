@@ -6,19 +6,10 @@ All logic lives in :mod:`pancreas_mtl.inference.model_archive`; see its docstrin
 import json
 from pathlib import Path
 
-from pancreas_mtl.data.case_table import read_case_table
+from pancreas_mtl.data.case_table import case_counts
 from pancreas_mtl.data.conversion import read_selection_cases
 from pancreas_mtl.inference.model_archive import archive_members, model_card, write_model_archive
 from pancreas_mtl.script_logging import run_logged
-
-
-def case_counts(case_table) -> dict:
-    """Labelled cases per split and subtype ("plain": a layout without subtypes)."""
-    table = read_case_table(case_table)
-    counts: dict = {}
-    for (split, subtype), n in table.groupby(["split", "subtype"], dropna=False).size().items():
-        counts.setdefault(split, {})["plain" if subtype != subtype or subtype is None else str(subtype)] = int(n)
-    return counts
 
 
 def main():

@@ -57,3 +57,12 @@ def split_cases(path: str | Path, split: str) -> pd.DataFrame:
 def split_images(path: str | Path, images_folder: str | Path, split: str) -> list[Path]:
     """The image files of one split, as paths under the folder the table's paths are relative to."""
     return [Path(images_folder) / image for image in split_cases(path, split)["image"]]
+
+
+def case_counts(path: str | Path) -> dict[str, dict[str, int]]:
+    """Cases per split and subtype of a case table (``"plain"``: cases of a layout without subtype folders)."""
+    table = read_case_table(path)
+    counts: dict[str, dict[str, int]] = {}
+    for (split, subtype), n in table.groupby(["split", "subtype"], dropna=False).size().items():
+        counts.setdefault(str(split), {})["plain" if pd.isna(subtype) else str(subtype)] = int(n)
+    return counts
