@@ -52,11 +52,10 @@ from pancreas_mtl.benchmarks.learning import (
     run_to_log,
 )
 from pancreas_mtl.benchmarks.workflow_copy import copy_workflow, workflow_digest
-from pancreas_mtl.data.lesion_prior_record import WITHOUT_PRIOR_FOLDER
 from pancreas_mtl.data.quiz_layout import QuizCase, discover_quiz_cases, mask_file_name
 from pancreas_mtl.errors import UserInputError
-from pancreas_mtl.evaluation.segmentation import evaluate_segmentation
 from pancreas_mtl.evaluation.summary import read_segmentation_per_case, write_json
+from pancreas_mtl.evaluation.validation_report import scores_without_prior
 from pancreas_mtl.inference.model_archive import sha256_file
 
 log = logging.getLogger(__name__)
@@ -253,24 +252,19 @@ def _minutes_of(steps: Mapping[str, float], *prefixes: str) -> float:
     return sum(m for name, m in steps.items() if name.startswith(prefixes))
 
 
-def per_case_scores(workdir: Path, split: BenchmarkSplit, nsd_tolerance_mm: float) -> pd.DataFrame:
+def per_case_scores(workdir: Path, nsd_tolerance_mm: float) -> pd.DataFrame:
     """A run's per-case scores with and without the lesion-presence prior: the workflow's table, and the cases the
-    prior changed scored again on their masks as predicted before it (against the same reference)."""
+    prior changed scored again as the workflow's validation report scores them (against the run's converted
+    masks)."""
     workdir = Path(workdir)
     table = read_segmentation_per_case(workdir / METRICS_DIR / "segmentation_per_case.csv")
     summary = json.loads((workdir / METRICS_DIR / "summary.json").read_text())
     changed = sorted((summary.get("lesion_prior") or {}).get("changed_cases") or [])
-    without = table.set_index(["case_id", "region"])[["dice", "nsd", "predicted_voxels"]].copy()
-    if changed:
-        references = {c.case_id: c.mask for c in split.evaluation}
-        before = workdir / VALIDATION_PREDICTIONS / WITHOUT_PRIOR_FOLDER
-        rescored = evaluate_segmentation(
-            [(case, before / mask_file_name(case), references[case]) for case in changed],
-            nsd_tolerance_mm=nsd_tolerance_mm,
-        ).set_index(["case_id", "region"])
-        without.loc[rescored.index, ["dice", "nsd", "predicted_voxels"]] = rescored[["dice", "nsd", "predicted_voxels"]]
-    without = without.add_suffix("_without_prior").reset_index()
-    return table.merge(without, on=["case_id", "region"], how="left")
+    (labels,) = (workdir / "results" / "nnunet" / "raw").glob("Dataset*/labelsTr")
+    references = {case: labels / mask_file_name(case) for case in changed}
+    without = scores_without_prior(workdir / VALIDATION_PREDICTIONS, changed, references, table, nsd_tolerance_mm)
+    without = without.set_index(["case_id", "region"])[["dice", "nsd", "predicted_voxels"]]
+    return table.merge(without.add_suffix("_without_prior").reset_index(), on=["case_id", "region"], how="left")
 
 
 def _stats(values) -> dict:
@@ -367,7 +361,7 @@ def run_row(row: str, seed: int, setting: RunSetting, echo: Callable[[str], None
             "reused": False,
         }
     metrics = json.loads((workdir / METRICS_DIR / "summary.json").read_text())
-    per_case = per_case_scores(workdir, setting.split, metrics.get("nsd_tolerance_mm") or 2.0)
+    per_case = per_case_scores(workdir, metrics.get("nsd_tolerance_mm") or 2.0)
     steps = step_minutes(workdir)
     record = {
         **common,

@@ -12,6 +12,7 @@ validation cases (e.g. test cases) are ignored.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -133,6 +134,23 @@ def evaluate_validation_predictions(
     return summary
 
 
+def scores_without_prior(
+    predictions_dir: Path,
+    changed: list[str],
+    references: Mapping[str, Path],
+    seg_table: pd.DataFrame,
+    nsd_tolerance_mm: float,
+    n_workers: int = 1,
+) -> pd.DataFrame:
+    """The per-case table as it would be without the lesion-presence prior: the ``changed`` cases scored again on
+    their masks as predicted before it (``without_lesion_prior/`` of ``predictions_dir``), the others as they are."""
+    if not changed:
+        return seg_table
+    before = [(c, Path(predictions_dir) / WITHOUT_PRIOR_FOLDER / mask_file_name(c), references[c]) for c in changed]
+    rescored = evaluate_segmentation(before, nsd_tolerance_mm=nsd_tolerance_mm, n_workers=n_workers)
+    return pd.concat([seg_table[~seg_table["case_id"].isin(changed)], rescored], ignore_index=True)
+
+
 def _lesion_prior_effect(
     predictions_dir: Path,
     pairs: list,
@@ -146,12 +164,8 @@ def _lesion_prior_effect(
     record = read_prior_record(predictions_dir)
     validation_ids = {case for case, _, _ in pairs}
     changed = sorted(set(record["changed_cases"]) & validation_ids)
-    without = seg_table
-    if changed:
-        references = {case: reference for case, _, reference in pairs}
-        before = [(c, predictions_dir / WITHOUT_PRIOR_FOLDER / mask_file_name(c), references[c]) for c in changed]
-        rescored = evaluate_segmentation(before, nsd_tolerance_mm=nsd_tolerance_mm, n_workers=n_workers)
-        without = pd.concat([seg_table[~seg_table["case_id"].isin(changed)], rescored], ignore_index=True)
+    references = {case: reference for case, _, reference in pairs}
+    without = scores_without_prior(predictions_dir, changed, references, seg_table, nsd_tolerance_mm, n_workers)
     table, keys = prior_effect(seg_summary, summarize_segmentation(without))
     keys["lesion_prior"] = {
         "enabled": record["enabled"],
