@@ -70,6 +70,16 @@ def test_dry_run_of_the_default_config_plans_the_whole_dag(workflow_copy):
         assert re.search(rf"^{rule}\s+1$", out, flags=re.M), f"{rule} not planned:\n{out}"
 
 
+def test_the_workflow_parses_without_cores_as_report_and_the_slurm_profile_run_it(workflow_copy):
+    """Defect: a rule's `threads: workflow.cores` stopped every command that gives no --cores (`--report`, the SLURM
+    profile's `jobs:`) with "Workflow requires a total number of cores to be defined". `--report` before any run
+    parses every rule and then stops at the first report file that is not there yet."""
+    result = run_snakemake(workflow_copy, "--report", "results/report.html")
+    out = result.stdout + result.stderr
+    assert "total number of cores" not in out, out
+    assert "marked for report but does not exist" in out, out
+
+
 def test_a_bad_config_value_stops_the_workflow_with_a_clear_message(workflow_copy):
     result = run_snakemake(workflow_copy, "-n", "--cores", "1", "--config", "resources={'preprocess_threads': 'two'}")
     assert result.returncode != 0
