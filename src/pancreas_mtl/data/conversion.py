@@ -236,7 +236,7 @@ def _copy_squeezed(src: Path, dst: Path, img) -> None:
     """
     header_class = type(img.header)
     size = header_class.template_dtype.itemsize  # 348 (NIfTI-1) or 540 (NIfTI-2) bytes
-    with gzip.open(src, "rb") as fin, gzip.open(dst, "wb") as fout:
+    with _open_nifti(src) as fin, gzip.open(dst, "wb") as fout:
         # the header as stored (a loaded image's .header has its scaling moved to the data proxy)
         hdr = header_class(binaryblock=fin.read(size), endianness=img.header.endianness, check=False)
         hdr.set_data_shape(spatial_shape(img.shape))
@@ -283,15 +283,29 @@ def _missing_labels(labels: np.ndarray) -> tuple[str, ...]:
     return tuple(text for value, text in _EXPECTED_LABELS if not np.any(labels == value))
 
 
+def _open_nifti(path: Path):
+    return gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
+
+
+def copy_nifti_as_3d(src: str | Path, dst: str | Path):
+    """Copy a NIfTI image (``.nii`` or ``.nii.gz``) to the ``.nii.gz`` file ``dst``, squeezed to 3D where stored as
+    (x, y, z, 1); return it loaded. The voxels and header are kept byte for byte (a ``.nii`` is only compressed)."""
+    src, dst = Path(src), Path(dst)
+    image = nib.load(str(src))
+    if len(image.shape) != 3:
+        _copy_squeezed(src, dst, image)
+        return nib.load(str(dst))
+    if str(src).endswith(".gz"):
+        shutil.copyfile(src, dst)  # byte-for-byte: dtype, header and geometry unchanged
+    else:
+        with open(src, "rb") as fin, gzip.open(dst, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 22)
+    return image
+
+
 def _copy_image(case: QuizCase, images_dir: Path):
     """Copy a case's image into ``images_dir`` (squeezed to 3D where stored as (x, y, z, 1)); return it loaded."""
-    image_out = images_dir / image_file_name(case.case_id)
-    image = nib.load(str(case.image))
-    if len(image.shape) == 3:
-        shutil.copyfile(case.image, image_out)  # byte-for-byte: dtype, header and geometry unchanged
-        return image
-    _copy_squeezed(case.image, image_out, image)
-    return nib.load(str(image_out))
+    return copy_nifti_as_3d(case.image, images_dir / image_file_name(case.case_id))
 
 
 def _convert_case(case: QuizCase, out_dir: Path) -> _Converted:

@@ -25,7 +25,9 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
 import stat
+import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
@@ -254,6 +256,71 @@ def extract_model_archive(zip_path: str | Path, target: str | Path) -> dict:
                     out.write(block)
             os.replace(partial, destination)
     return card
+
+
+def check_model_folder(model_folder: str | Path) -> dict:
+    """The model card of an installed model folder (``<results>/<dataset>/<model>``), after checking every file it
+    lists against its checksum; a clear error naming the folder otherwise."""
+    model_folder = Path(model_folder)
+    card_path = model_folder / MODEL_CARD_FILE
+    if not card_path.is_file():
+        raise UserInputError(
+            f"{model_folder}: no {MODEL_CARD_FILE}; give a model archive (.zip) or a folder that "
+            "`pancreas-mtl install` wrote"
+        )
+    try:
+        card = json.loads(card_path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserInputError(f"{card_path}: not valid JSON ({err})") from err
+    if not isinstance(card, dict) or not isinstance(card.get("files"), dict):
+        raise UserInputError(f"{card_path}: no file list")
+    root = model_folder.parent.parent
+    problems = unsafe_member_names(list(card["files"]))
+    for name, expected in sorted(card["files"].items()):
+        path = root / name
+        if problems:
+            break
+        if not path.is_file():
+            problems.append(f"{path}: listed in the model card, missing")
+        elif sha256_file(path) != expected:
+            problems.append(f"{path}: SHA-256 does not match the model card's")
+    if problems:
+        raise UserInputError(f"{model_folder}: the model folder does not match its model card", problems)
+    return card
+
+
+def model_member_folder(card: Mapping) -> str:
+    """``<dataset>/<model>``: the folder every member of the card's archive lies in."""
+    folders = {str(PurePosixPath(name).parents[-3]) for name in card["files"] if len(PurePosixPath(name).parts) > 2}
+    if len(folders) != 1:
+        raise UserInputError(f"the model card lists files of {len(folders)} model folders, expected one: {folders}")
+    return folders.pop()
+
+
+def install_model_archive(zip_path: str | Path, results_dir: str | Path) -> tuple[Path, dict]:
+    """Install an archive into nnU-Net's results folder ``results_dir``: check it (:func:`read_model_card`),
+    extract it into a temporary folder there, load every checkpoint without running code (:func:`load_checkpoint`),
+    and only then move the model folder into place. Returns the model folder and its card. A model folder that is
+    already there is not replaced."""
+    card = read_model_card(zip_path)
+    results_dir = Path(results_dir)
+    model = model_member_folder(card)
+    destination = results_dir / model
+    if destination.exists():
+        raise UserInputError(
+            f"{destination}: a model is already installed there; remove it first or install into another folder"
+        )
+    results_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".install-partial-", dir=results_dir))
+    try:
+        extract_model_archive(zip_path, staging)
+        for checkpoint in sorted((staging / model).glob("fold_*/*.pth")):
+            load_checkpoint(checkpoint)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / model, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return destination, card
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

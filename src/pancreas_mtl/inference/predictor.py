@@ -30,15 +30,22 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch._dynamo import OptimizedModule
 
+from pancreas_mtl.errors import UserInputError
 from pancreas_mtl.inference import device_resampling
 from pancreas_mtl.inference.lesion_prior import lesion_output_channel
+from pancreas_mtl.inference.model_archive import load_checkpoint
 from pancreas_mtl.inference.workers import (
     WORKERS_MODULE,
     export_case,
@@ -47,6 +54,7 @@ from pancreas_mtl.inference.workers import (
     timed_in_worker,
 )
 from pancreas_mtl.model.network import lesion_probability
+from pancreas_mtl.nnunet.environment import register_trainers
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +118,46 @@ class MultiTaskPredictor(nnUNetPredictor):
         super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
         self._after_initialization()
 
+    def initialize_from_untrusted_model_folder(
+        self, model_folder: str | Path, use_folds: tuple[int | str, ...], checkpoint_name: str
+    ) -> None:
+        """What :meth:`initialize_from_trained_model_folder` does, for a model from elsewhere: nnU-Net's method loads
+        checkpoints with ``torch.load(weights_only=False)``, which runs whatever the file holds, so it cannot be
+        called here. Checkpoints are loaded by :func:`~pancreas_mtl.inference.model_archive.load_checkpoint`
+        (weights and records only), the trainer must be the one the folder is named after, and the network is built
+        and handed over through :meth:`manual_initialization`, as nnU-Net's trainer hands over its own."""
+        register_trainers()
+        model_folder = Path(model_folder)
+        checkpoints = [load_checkpoint(model_folder / f"fold_{fold}" / checkpoint_name) for fold in use_folds]
+        first = checkpoints[0]
+        trainer_name = first.get("trainer_name")
+        if trainer_name != model_folder.name.split("__")[0]:
+            raise UserInputError(
+                f"{model_folder}: its checkpoints name the trainer {trainer_name!r}, the folder another; the model "
+                "folder is not one nnU-Net wrote"
+            )
+        trainer_class = recursive_find_trainer_class_by_name(trainer_name)
+        dataset_json = load_json(str(model_folder / "dataset.json"))
+        plans_manager = PlansManager(load_json(str(model_folder / "plans.json")))
+        configuration_manager = plans_manager.get_configuration(first["init_args"]["configuration"])
+        network = trainer_class.build_network_architecture(
+            plans_manager,
+            configuration_manager,
+            determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
+            plans_manager.get_label_manager(dataset_json).num_segmentation_heads,
+            enable_deep_supervision=False,
+        )
+        network.load_state_dict(first["network_weights"])
+        self.manual_initialization(
+            network,
+            plans_manager,
+            configuration_manager,
+            [checkpoint["network_weights"] for checkpoint in checkpoints],
+            dataset_json,
+            trainer_name,
+            first.get("inference_allowed_mirroring_axes"),
+        )
+
     def manual_initialization(self, *args, **kwargs):
         super().manual_initialization(*args, **kwargs)
         self._after_initialization()
@@ -159,6 +207,7 @@ class MultiTaskPredictor(nnUNetPredictor):
         preprocessing_workers: int = 2,
         export_workers: int = 2,
         lesion_prior_threshold: float | None = None,
+        on_case_computed: Callable[[str, dict[str, float]], None] | None = None,
     ) -> None:
         """Predict images into ``{output}.nii.gz`` masks; class probabilities go to ``self.class_probabilities``.
 
@@ -167,7 +216,8 @@ class MultiTaskPredictor(nnUNetPredictor):
         With ``lesion_prior_threshold`` the export applies the lesion-presence prior (:func:`export_case`); what
         it changed goes to ``self.lesion_prior_changes`` (case name: voxels added, peak probability).
         ``self.case_seconds`` gets each case's preprocessing, compute and export seconds (the three overlap
-        across cases, so they add up to more than the wall time).
+        across cases, so they add up to more than the wall time). ``on_case_computed(case, seconds)`` is called as
+        each case's compute ends (a progress line), with its preprocessing and compute seconds.
         """
         preprocess = self._pool("preprocess", preprocessing_workers)
         export = self._pool("export", export_workers)
@@ -189,6 +239,8 @@ class MultiTaskPredictor(nnUNetPredictor):
                 logits = self.predict_logits_from_preprocessed_data(torch.from_numpy(data))
                 computed = time.perf_counter()
                 seconds = {"preprocessing_seconds": preprocessing_seconds, "compute_seconds": computed - start}
+                if on_case_computed is not None:
+                    on_case_computed(self._current_case, dict(seconds))
                 task = None
                 if on_device:
                     try:

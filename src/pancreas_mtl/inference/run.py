@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,12 +74,14 @@ def build_predictor(
     settings: InferenceSettings,
     start_workers: bool = True,
     classification: bool = True,
+    untrusted: bool = False,
 ) -> MultiTaskPredictor:
     """Load the trained model once (it stays resident for every case predicted with it).
 
     ``start_workers=False`` for a predictor that only computes on preprocessed data (no :meth:`predict_files`).
     ``classification=False`` takes a segmentation model (stage 1) as well; by default the model must have the
-    classification head.
+    classification head. ``untrusted``: a model from elsewhere, whose checkpoints are loaded without running code
+    (:meth:`MultiTaskPredictor.initialize_from_untrusted_model_folder`).
     """
     register_trainers()
     predictor = MultiTaskPredictor(
@@ -91,7 +94,10 @@ def build_predictor(
     try:
         if start_workers:  # they start up (import nnU-Net) while this process loads the weights
             predictor.start_workers(settings.preprocessing_workers, settings.export_workers)
-        predictor.initialize_from_trained_model_folder(str(model_folder), tuple(folds), checkpoint_name)
+        if untrusted:
+            predictor.initialize_from_untrusted_model_folder(model_folder, tuple(folds), checkpoint_name)
+        else:
+            predictor.initialize_from_trained_model_folder(str(model_folder), tuple(folds), checkpoint_name)
         if classification and not predictor.has_classification_head:
             raise TypeError(
                 f"{model_folder}: the model has no classification head; the multi-task predictor needs a model "
@@ -109,10 +115,12 @@ def predict_images(
     output_dir: str | Path,
     settings: InferenceSettings,
     lesion_prior_threshold: float | None = None,
+    on_case_computed: Callable[[str, dict[str, float]], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Write ``{case_id}.nii.gz`` per image into output_dir (with the lesion-presence prior when its threshold is
     given, recorded in ``lesion_prior.json``); return the class probabilities per case, in the images' order
-    (none for a model without the classification head)."""
+    (none for a model without the classification head). ``on_case_computed``: see
+    :meth:`MultiTaskPredictor.predict_files`."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     case_ids = [case_id_of_image(image) for image in images]
@@ -125,6 +133,7 @@ def predict_images(
         preprocessing_workers=settings.preprocessing_workers,
         export_workers=settings.export_workers,
         lesion_prior_threshold=lesion_prior_threshold,
+        on_case_computed=on_case_computed,
     )
     write_prior_record(output_dir, lesion_prior_threshold, predictor.lesion_prior_changes)
     if lesion_prior_threshold is not None:
