@@ -14,6 +14,8 @@ from pancreas_mtl.training.settings import stage_settings
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO / "workflow" / "schemas" / "config.schema.yaml"
+# The page that shows the settings a real-data run gets (under its marker line).
+SETTINGS_PAGE = REPO / "config" / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -99,10 +101,10 @@ def test_real_data_sets_every_demo_key():
 
 
 def readme_effective_real_data_settings() -> dict:
-    """The yaml block under README's marker line for the effective real-data settings."""
-    readme = (REPO / "README.md").read_text()
+    """The yaml block under SETTINGS_PAGE's marker line for the effective real-data settings."""
+    readme = SETTINGS_PAGE.read_text()
     found = re.search(r"<!-- effective real-data settings.*?-->\s*```yaml\n(.*?)```", readme, flags=re.S)
-    assert found, "README lost its block of effective real-data settings (marker: <!-- effective real-data settings"
+    assert found, f"{SETTINGS_PAGE} lost its block of effective real-data settings (<!-- effective real-data settings)"
     return yaml.safe_load(found.group(1))
 
 
@@ -115,15 +117,15 @@ def test_readme_shows_the_effective_real_data_settings(schema):
         for key, value in shown.items()
         if effective.get(key, object()) != value
     }
-    assert not wrong, f"README shows (left) what a real-data run does not get (right): {wrong}"
-    # every training and inference key the demo config sets is one README shows as real data's
+    assert not wrong, f"{SETTINGS_PAGE} shows (left) what a real-data run does not get (right): {wrong}"
+    # every training and inference key the demo config sets is one the page shows as real data's
     demo = leaf_keys(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
     missing = [key for key in demo if key.startswith(("training.", "inference.")) and key not in shown]
-    assert not missing, f"README's effective real-data settings leave out {missing}"
+    assert not missing, f"{SETTINGS_PAGE}'s effective real-data settings leave out {missing}"
 
 
 def test_real_data_trains_as_readme_documents(schema):
-    """The settings a real-data run hands the trainers (stage_settings), for the keys README's model section names."""
+    """The settings a real-data run hands the trainers (stage_settings), for the keys docs/model.md names."""
     training = resolved_config(schema, "config/real_data.yaml")["training"]
     stage1, stage2 = stage_settings(training, "stage1"), stage_settings(training, "stage2")
     assert (stage1.optimizer, stage1.initial_lr, stage1.num_epochs) == ("sgd", 0.01, 1000)

@@ -39,6 +39,72 @@ def test_readme_first_command_installs_and_runs_the_workflow():
     assert first.startswith("bash install.sh") and "snakemake" in first
 
 
+README_MAX_LINES = 180
+# The pages whose relative links must resolve: the front page, the configuration page, docs/ and the profiles'.
+DOC_PAGES = [REPO / "README.md", REPO / "config" / "README.md", REPO / "profiles" / "README.md"]
+
+
+def doc_pages() -> list[Path]:
+    return [*DOC_PAGES, *sorted((REPO / "docs").glob("*.md"))]
+
+
+def without_code(markdown: str) -> str:
+    """The text outside fenced code blocks and inline code, where links and headings are what they look like."""
+    return re.sub(r"`[^`\n]*`", "", re.sub(r"^```.*?^```", "", markdown, flags=re.S | re.M))
+
+
+def github_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces as hyphens, -1, -2, ...
+    for repeats."""
+    anchors, seen = set(), {}
+    for heading in re.findall(
+        r"^#{1,6}\s+(.+?)\s*#*$", re.sub(r"^```.*?^```", "", markdown, flags=re.S | re.M), flags=re.M
+    ):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        anchors.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+        seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+def relative_links(page: Path) -> list[str]:
+    targets = re.findall(r"!?\[[^\]]*\]\(([^)\s]+)\)", without_code(page.read_text()))
+    return [target for target in targets if not re.match(r"[a-z]+:", target)]
+
+
+def test_readme_is_a_front_page():
+    lines = len((REPO / "README.md").read_text().splitlines())
+    assert lines <= README_MAX_LINES, (
+        f"README.md has {lines} lines; move detail into docs/ (at most {README_MAX_LINES})"
+    )
+
+
+def test_github_anchors_follow_githubs_slugs():
+    text = "# Running on a cluster\n## 5. Time limits, preemption and retries\n## What reruns when you change...\n"
+    text += "```\n# a comment, not a heading\n```\n## Running on a cluster\n### `training.labels`: regions\n"
+    assert github_anchors(text) == {
+        "running-on-a-cluster",
+        "5-time-limits-preemption-and-retries",
+        "what-reruns-when-you-change",
+        "running-on-a-cluster-1",
+        "traininglabels-regions",
+    }
+
+
+@pytest.mark.parametrize("page", doc_pages(), ids=lambda page: str(page.relative_to(REPO)))
+def test_relative_links_resolve(page):
+    """Every relative link (and image) of the documentation names a file that exists, and an anchor into a markdown
+    file names one of its headings."""
+    broken = []
+    for link in relative_links(page):
+        path, _, anchor = link.partition("#")
+        target = (page.parent / path).resolve() if path else page
+        if not target.exists():
+            broken.append(f"{link}: no {target}")
+        elif anchor and target.suffix == ".md" and anchor not in github_anchors(target.read_text()):
+            broken.append(f"{link}: no heading #{anchor} in {target.relative_to(REPO)}")
+    assert not broken, f"{page.relative_to(REPO)}: " + "; ".join(broken)
+
+
 def test_snakemake_lint_is_clean(workflow_copy):
     result = run_snakemake(workflow_copy, "--lint", "--cores", "1")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -5,7 +5,7 @@ quiz folder one directory input of the conversion, so it cannot show a single te
 timed inference benchmark and the report plots drawn from it (``--omit-from benchmark_inference``): the benchmark
 alone takes three minutes, and both only read what the predictions read. Each test
 changes one thing (a file of the quiz folder, one config key), asks Snakemake which jobs it would run, and puts the
-change back. The expected job lists are README's table "What reruns when you change...", row by row: the tests
+change back. The expected job lists are docs/pipeline.md's table "What reruns when you change...", row by row: the tests
 read them from there, so the table and the dry runs cannot disagree.
 """
 
@@ -36,7 +36,8 @@ pytestmark = pytest.mark.slow
 OMITTED = ("--omit-from", "benchmark_inference")
 OMITTED_RULES = {"benchmark_inference", "report_plots"}
 TRAINING = {"train_stage1", "train_stage2"}
-README = REPO / "README.md"
+# The page whose table "What reruns when you change..." the tests check, row by row.
+RERUN_TABLE_PAGE = REPO / "docs" / "pipeline.md"
 TABLE_MARKER = "<!-- rerun table:"
 # The tiny finished run: one fold, one epoch a stage, a quiz folder of 2+2+2 training, 1+1+1 validation and
 # 2 test cases; the synthetic data is only its quiz folder's content.
@@ -116,9 +117,9 @@ def edited_mask(mask: Path):
 
 
 def readme_rerun_table() -> dict[str, set[str]]:
-    """README's table "What reruns when you change...": each row's change, and the rules its jobs run."""
-    text = README.read_text()
-    assert TABLE_MARKER in text, f"{README} has no rerun table"
+    """RERUN_TABLE_PAGE's table "What reruns when you change...": each row's change, and the rules its jobs run."""
+    text = RERUN_TABLE_PAGE.read_text()
+    assert TABLE_MARKER in text, f"{RERUN_TABLE_PAGE} has no rerun table"
     lines = text.split(TABLE_MARKER, 1)[1].splitlines()[1:]
     rows = {}
     for line in lines[2:]:  # after the header and the separator
@@ -177,7 +178,7 @@ def edited_labelled_case(split: str):
 
 
 SEGMENTATION_ROW = "`training.mode` to `segmentation` (stage 1 predicts; nothing trains)"
-# Each README row's changes, made on the finished run (RUN_CONFIG) one at a time.
+# Each table row's changes, made on the finished run (RUN_CONFIG) one at a time.
 ROW_CHANGES = {
     "a test image (added, removed or replaced)": [added_test_image(), removed_test_image()],
     "a training case": [edited_labelled_case("train")],
