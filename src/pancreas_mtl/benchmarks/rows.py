@@ -8,7 +8,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class BenchmarkRow:
     name: str  # the row's key in the benchmark's files (their "path" column)
-    what: str  # what it measures (README and the summary use the same words)
+    what: str  # what it measures (docs/benchmarks.md and the summary use the same words)
     label: str  # its legend entry
     tick: str  # its bar's tick label
     colour: str  # an Okabe-Ito colour name (pancreas_mtl.report.plots.OKABE_ITO)

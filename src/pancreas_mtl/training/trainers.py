@@ -448,7 +448,11 @@ class nnUNetTrainerPancreasSeg(nnUNetTrainer):
         self.logger.log(DATA_WAIT_SHARE_KEY, wait_share, self.current_epoch)
         self.print_to_log_file(
             f"{iteration_seconds:.3f} s per iteration, {100 * wait_share:.1f}% of it waiting for data"
-            + (" (the augmentation workers do not keep up: see README, 'Feeding the GPU')" if wait_share > 0.2 else "")
+            + (
+                " (the augmentation workers do not keep up: see docs/gpu-training.md, 'Feeding the GPU')"
+                if wait_share > 0.2
+                else ""
+            )
         )
 
     # ------------------------------------------------------------------ stopping on a signal
