@@ -1,4 +1,4 @@
-"""The smoke run's trained model used elsewhere, as README's "Use a trained model" says: exported by the workflow's
+"""The smoke run's trained model used elsewhere, as docs/trained-model.md says: exported by the workflow's
 target, installed into a fresh folder, and run by ``pancreas-mtl predict`` and by stock ``nnUNetv2_predict``."""
 
 import json
