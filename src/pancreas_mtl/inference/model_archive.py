@@ -184,21 +184,28 @@ def read_model_card(zip_path: str | Path) -> dict:
                     f"{zip_path}: expected one {MODEL_CARD_FILE} in the archive, found {len(cards)}: it is not a "
                     "model archive of this workflow"
                 )
-            card = json.loads(archive.read(cards[0]))
-            if not isinstance(card, dict) or not isinstance(card.get("files"), dict):
-                raise UserInputError(f"{zip_path}: {cards[0]} has no file list")
-            if int(card.get("format", 0)) > CARD_FORMAT:
-                raise UserInputError(
-                    f"{zip_path}: model card format {card.get('format')} is newer than this package reads "
-                    f"({CARD_FORMAT}); update pancreas-mtl"
-                )
+            card = _parsed_card(archive.read(cards[0]), f"{zip_path}: {cards[0]}")
             problems = _checksum_problems(archive, card["files"], set(cards))
             if problems:
                 raise UserInputError(f"{zip_path}: the archive does not match its model card", problems)
     except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as err:
         raise UserInputError(f"{zip_path}: not a readable zip archive (corrupt or truncated: {err})") from err
+    return card
+
+
+def _parsed_card(text: str | bytes, where: str) -> dict:
+    """A model card's JSON, checked to list its files and to be a format this package reads."""
+    try:
+        card = json.loads(text)
     except json.JSONDecodeError as err:
-        raise UserInputError(f"{zip_path}: its {MODEL_CARD_FILE} is not valid JSON ({err})") from err
+        raise UserInputError(f"{where}: not valid JSON ({err})") from err
+    if not isinstance(card, dict) or not isinstance(card.get("files"), dict):
+        raise UserInputError(f"{where}: the model card has no file list")
+    if int(card.get("format", 0)) > CARD_FORMAT:
+        raise UserInputError(
+            f"{where}: model card format {card.get('format')} is newer than this package reads ({CARD_FORMAT}); "
+            "update pancreas-mtl"
+        )
     return card
 
 
@@ -240,6 +247,12 @@ def extract_model_archive(zip_path: str | Path, target: str | Path) -> dict:
     """Check the archive (:func:`read_model_card`), then extract it inside ``target`` (nnU-Net's results folder
     layout); returns the model card. Member names were checked, so every file lands inside ``target``."""
     card = read_model_card(zip_path)
+    _extract_checked(zip_path, target)
+    return card
+
+
+def _extract_checked(zip_path: str | Path, target: str | Path) -> None:
+    """Extract an archive :func:`read_model_card` has checked inside ``target``."""
     target = Path(target).resolve()
     with zipfile.ZipFile(zip_path) as archive:
         for info in archive.infolist():
@@ -255,7 +268,6 @@ def extract_model_archive(zip_path: str | Path, target: str | Path) -> dict:
                 for block in iter(lambda: source.read(1 << 20), b""):
                     out.write(block)
             os.replace(partial, destination)
-    return card
 
 
 def check_model_folder(model_folder: str | Path) -> dict:
@@ -268,22 +280,15 @@ def check_model_folder(model_folder: str | Path) -> dict:
             f"{model_folder}: no {MODEL_CARD_FILE}; give a model archive (.zip) or a folder that "
             "`pancreas-mtl install` wrote"
         )
-    try:
-        card = json.loads(card_path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserInputError(f"{card_path}: not valid JSON ({err})") from err
-    if not isinstance(card, dict) or not isinstance(card.get("files"), dict):
-        raise UserInputError(f"{card_path}: no file list")
-    root = model_folder.parent.parent
+    card = _parsed_card(card_path.read_text(), str(card_path))
     problems = unsafe_member_names(list(card["files"]))
-    for name, expected in sorted(card["files"].items()):
-        path = root / name
-        if problems:
-            break
-        if not path.is_file():
-            problems.append(f"{path}: listed in the model card, missing")
-        elif sha256_file(path) != expected:
-            problems.append(f"{path}: SHA-256 does not match the model card's")
+    if not problems:  # names checked first: a listed file is only read inside the results folder
+        for name, expected in sorted(card["files"].items()):
+            path = model_folder.parent.parent / name
+            if not path.is_file():
+                problems.append(f"{path}: listed in the model card, missing")
+            elif sha256_file(path) != expected:
+                problems.append(f"{path}: SHA-256 does not match the model card's")
     if problems:
         raise UserInputError(f"{model_folder}: the model folder does not match its model card", problems)
     return card
@@ -313,7 +318,7 @@ def install_model_archive(zip_path: str | Path, results_dir: str | Path) -> tupl
     results_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".install-partial-", dir=results_dir))
     try:
-        extract_model_archive(zip_path, staging)
+        _extract_checked(zip_path, staging)
         for checkpoint in sorted((staging / model).glob("fold_*/*.pth")):
             load_checkpoint(checkpoint)
         destination.parent.mkdir(parents=True, exist_ok=True)

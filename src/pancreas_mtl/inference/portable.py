@@ -16,7 +16,6 @@ interrupted or failed prediction leaves no output folder.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -36,14 +35,11 @@ from pancreas_mtl.inference.model_archive import (
     check_model_folder,
     extract_model_archive,
     model_member_folder,
-    read_model_card,
     version_warnings,
 )
 from pancreas_mtl.inference.new_images import find_images, stage_image, write_mask_like
 from pancreas_mtl.inference.run import InferenceSettings, build_predictor, predict_images
 from pancreas_mtl.nnunet.environment import TRAINER_DIR
-
-log = logging.getLogger(__name__)
 
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTION_RECORD = "prediction.json"
@@ -60,8 +56,7 @@ def open_model(model: str | Path, work_dir: str | Path) -> tuple[Path, dict, lis
         raise UserInputError(f"{model}: no such model archive or folder")
     if not zipfile.is_zipfile(model) and model.suffix.lower() != ".zip":
         raise UserInputError(f"{model}: not a model archive (.zip) or an installed model folder")
-    card = read_model_card(model)
-    extract_model_archive(model, work_dir)
+    card = extract_model_archive(model, work_dir)
     return Path(work_dir) / model_member_folder(card), card, version_warnings(card, model)
 
 
@@ -72,8 +67,8 @@ def chosen_folds(card: dict, model_folder: Path, folds: Sequence[str] | None) ->
     unknown = [f for f in requested if f not in available]
     if unknown:
         raise UserInputError(f"{model_folder}: fold(s) {', '.join(unknown)} not in the model (it has {available})")
-    missing = [str(model_folder / f"fold_{f}" / card["checkpoint"]) for f in requested]
-    missing = [path for path in missing if not Path(path).is_file()]
+    checkpoints = [model_folder / f"fold_{f}" / card["checkpoint"] for f in requested]
+    missing = [str(path) for path in checkpoints if not path.is_file()]
     if missing:
         raise UserInputError(f"{model_folder}: a fold's checkpoint is missing", missing)
     return [f if f == "all" else int(f) for f in requested]
