@@ -128,3 +128,20 @@ def test_real_ct_of_any_name_and_format_gets_masks_on_its_exact_grid(real_sample
         assert set(np.unique(sitk.GetArrayViewFromImage(mask))) <= {0, 1, 2}, name
         if name.endswith((".nii", ".nii.gz")):
             assert np.array_equal(nib.load(output / name).affine, nib.load(inputs / name).affine), name
+
+
+def test_the_installed_model_predicts_under_the_accelerator_standin(
+    smoke_workflow, installed, tmp_path, accelerator_standin
+):
+    """`pancreas-mtl predict`'s path in this process (checkpoints loaded by the untrusted-model initialization, then
+    the workflow's predictor), with its device tensors standing for GPU ones: it copies to the host explicitly."""
+    from pancreas_mtl.inference.portable import predict_new_images
+
+    folder, _ = installed
+    test_images = smoke_workflow / "resources" / "synthetic_quiz" / "test"
+    output = tmp_path / "predicted"
+    predict_new_images(folder, test_images, output, device="cpu", echo=lambda line: None)
+    assert accelerator_standin.host_copies > 0
+    names = sorted(p.name for p in test_images.glob("*.nii.gz"))
+    assert pd.read_csv(output / "predictions.csv")["file"].tolist() == names
+    assert all((output / name).is_file() for name in names)
