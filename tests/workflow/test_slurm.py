@@ -303,10 +303,12 @@ def test_a_preempted_training_and_one_past_its_time_limit_resume_and_keep_their_
     print(f"training allocations and their states: {states}")
     log = training_log.read_text()
     epoch_times = [float(seconds) for seconds in re.findall(r"Epoch time: ([\d.]+) s", log)]
-    print(f"epoch times: median {np.median(epoch_times):.2f} s, {min(epoch_times):.2f}-{max(epoch_times):.2f} s")
+    assert epoch_times, f"nnU-Net logged no epoch:\n{log[-4000:]}"
+    epoch_median = float(np.median(epoch_times))
+    print(f"epoch times: median {epoch_median:.2f} s, {min(epoch_times):.2f}-{max(epoch_times):.2f} s")
     assert len(trainings) >= 3, (
         f"the time limit stopped no allocation: nothing was tested (raise EPOCHS above {EPOCHS} for epochs of "
-        f"{np.median(epoch_times):.2f} s)\n{states}\n{out[-4000:]}"
+        f"{epoch_median:.2f} s)\n{states}\n{out[-4000:]}"
     )
     assert states[trainings[-1]] == "COMPLETED", states
     # a stopped allocation ended on the trainer's exit after the signal (FAILED), or at the limit (TIMEOUT)
