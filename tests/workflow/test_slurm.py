@@ -200,12 +200,12 @@ def test_overrides_keep_the_profiles_early_sigterm():
         assert f"{rule}:slurm_extra='--signal=TERM@300'" in overrides, overrides
 
 
-# The preemption and time-limit test: stage 1 trains EPOCHS epochs of 1.3-4.6 s (median 1.8 s on a 2-core
-# machine) with a 3-minute limit and SIGTERM 60 s before it (SLURM sends it up to 60 s earlier still: 60-120 s
-# into the job, of which the job's start takes about 20 s). The test preempts the first allocation itself
+# The preemption and time-limit test: stage 1 trains EPOCHS epochs of 1.2-4.6 s (median 1.5-1.8 s, two runs on
+# a 2-core machine) with a 3-minute limit and SIGTERM 60 s before it (SLURM sends it up to 60 s earlier still:
+# 60-120 s into the job, of which the job's start takes about 20 s). The test preempts the first allocation itself
 # (scancel --signal=TERM) in epoch 6; the second must reach its limit, so the epochs left then must take longer
 # than 100 s even at 1.5 s an epoch (with 40 epochs they did not: a CI machine finished them in the second
-# allocation). The retries finish the training: 4 allocations of about 30 epochs here (10 minutes), up to 9 at
+# allocation). The retries finish the training: 4 allocations of 30-38 epochs here (8-10 minutes), up to 9 at
 # 4 s an epoch.
 TIME_LIMIT_MIN = 3
 EARLY_SIGTERM = "--signal=TERM@60"
